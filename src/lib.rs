@@ -115,3 +115,8 @@ pub use store::{
     StoreErrorKind, UserRecord, UserState,
 };
 pub use verify::{DEFAULT_DEADLINE, Verifier};
+
+// Compiles the README's Rust examples with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
