@@ -111,9 +111,15 @@ pub use layer::ApiKeyLayer;
 pub use rejection::{JsonEnvelope, Rejection, RejectionKind, RenderRejection, RenderedBody};
 pub use service::ApiKeyService;
 pub use store::{
-    CreatedKey, KeyManager, KeyRecord, KeyState, KeyStore, MemoryKeyStore, NewKey, StoreError,
-    StoreErrorKind, UserRecord, UserState,
+    ChangeWatcher, CreatedKey, KeyManager, KeyRecord, KeyState, KeyStore, MemoryKeyStore, NewKey,
+    StoreChange, StoreError, StoreErrorKind, UserRecord, UserState,
 };
+#[cfg(feature = "cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
+pub use store::CachedKeyStore;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use store::{SqliteKeyStore, SqliteOptions};
 pub use verify::{DEFAULT_DEADLINE, Verifier};
 
 // Compiles the README's Rust examples with the doc tests.

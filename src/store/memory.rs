@@ -1,7 +1,7 @@
 //! A store in process memory: for tests, benchmarks and static configuration.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -46,6 +46,9 @@ pub struct MemoryKeyStore {
 struct Inner {
     format: KeyFormat,
     tables: RwLock<Tables>,
+    // Apart from the tables so that a use, recorded on the request path, never
+    // waits for (nor is dropped because of) a lock held by a listing or a change.
+    last_used: Mutex<HashMap<KeyId, SystemTime>>,
 }
 
 #[derive(Default)]
@@ -54,7 +57,6 @@ struct Tables {
     // Creation order, for listings.
     order: Vec<KeyId>,
     users: HashMap<String, UserState>,
-    last_used: HashMap<KeyId, SystemTime>,
 }
 
 impl MemoryKeyStore {
@@ -68,7 +70,7 @@ impl MemoryKeyStore {
         Self {
             inner: Arc::new(Inner {
                 format,
-                tables: RwLock::default(),
+                ..Inner::default()
             }),
         }
     }
@@ -115,6 +117,14 @@ impl MemoryKeyStore {
         self.inner
             .tables
             .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn last_used(&self) -> std::sync::MutexGuard<'_, HashMap<KeyId, SystemTime>> {
+        // Plain timestamps: a panic cannot leave them half-written.
+        self.inner
+            .last_used
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -176,10 +186,10 @@ impl KeyStore for MemoryKeyStore {
 
     fn record_use(&self, id: &KeyId, at: SystemTime) {
         // Kept beside the records, so a use never rebuilds a record; listings merge
-        // the two.
-        if let Ok(mut tables) = self.inner.tables.try_write() {
-            tables.last_used.insert(*id, at);
-        }
+        // the two. The lock is held for one insert only.
+        let mut last_used = self.last_used();
+        let latest = last_used.entry(*id).or_insert(at);
+        *latest = (*latest).max(at);
     }
 }
 
@@ -217,13 +227,14 @@ impl KeyManager for MemoryKeyStore {
     }
 
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let last_used = self.last_used().clone();
         let tables = self.read();
         let listed = tables
             .order
             .iter()
             .filter_map(|id| tables.keys.get(id))
             .map(|record| KeyRecord {
-                last_used_at: tables.last_used.get(&record.id).copied(),
+                last_used_at: last_used.get(&record.id).copied(),
                 ..KeyRecord::clone(record)
             })
             .collect();
@@ -268,7 +279,8 @@ impl KeyManager for MemoryKeyStore {
         }
 
         tables.order.retain(|kept| kept != id);
-        tables.last_used.remove(id);
+        drop(tables);
+        self.last_used().remove(id);
         Ok(())
     }
 

@@ -14,9 +14,21 @@ use async_trait::async_trait;
 
 use crate::key::{ApiKey, KeyDigest, KeyId};
 
+#[cfg(feature = "cache")]
+mod cache;
 mod memory;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
+#[cfg(feature = "cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
+pub use cache::CachedKeyStore;
 pub use memory::MemoryKeyStore;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use sqlite::{SqliteKeyStore, SqliteOptions};
 
 /// Whether a key may be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -305,7 +317,38 @@ pub trait KeyStore: Send + Sync + 'static {
     fn record_use(&self, id: &KeyId, at: SystemTime) {
         let _ = (id, at);
     }
+
+    /// Asks the store to call `watcher` with every change to keys or users it learns
+    /// of, including changes other processes make; returns whether it will.
+    ///
+    /// Caches use this to drop what changed: `CachedKeyStore` (feature `cache`)
+    /// registers itself on the store it wraps. A watcher returns `false` once it no
+    /// longer wants calls (its cache was dropped), and the store then forgets it.
+    /// Watchers run on the store's own tasks and must not block. The default
+    /// reports nothing and returns `false`.
+    fn watch_changes(&self, watcher: ChangeWatcher) -> bool {
+        let _ = watcher;
+        false
+    }
 }
+
+/// A change to keys or users, as reported to a [`ChangeWatcher`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreChange {
+    /// One key was created, changed or deleted.
+    Key(KeyId),
+    /// A user was enabled or disabled: every key of theirs changed.
+    User(String),
+    /// Anything may have changed (changes were missed, or the store cannot say
+    /// which): forget everything.
+    All,
+}
+
+/// Called by a store with each [`StoreChange`]; returns whether to keep watching.
+///
+/// See [`KeyStore::watch_changes`].
+pub type ChangeWatcher = Box<dyn Fn(&StoreChange) -> bool + Send + Sync>;
 
 #[async_trait]
 impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
@@ -319,6 +362,10 @@ impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
 
     fn record_use(&self, id: &KeyId, at: SystemTime) {
         (**self).record_use(id, at);
+    }
+
+    fn watch_changes(&self, watcher: ChangeWatcher) -> bool {
+        (**self).watch_changes(watcher)
     }
 }
 
