@@ -159,15 +159,17 @@ pub(crate) fn select(headers: &HeaderMap, family: RouteFamily) -> Credential<'_>
     Credential::Rejected(reason)
 }
 
-/// Whether a header value is one of ours: kept or dropped when credentials are
-/// stripped on success.
-pub(crate) fn is_our_value(name: &HeaderName, value: &HeaderValue) -> bool {
-    let classify = if name == X_API_KEY {
-        classify_x_api_key
-    } else {
-        classify_authorization
-    };
-    matches!(classify(value.as_bytes()), Value::Ours(_))
+/// Whether a header value holds a `cm-` key anywhere: such a value is dropped even
+/// when foreign credentials are kept.
+///
+/// Wider than what counts as a candidate on purpose: a bare key, `Bearer Bearer
+/// cm-…` or a losing second key are not candidates, but forwarding them would still
+/// hand one of our keys to the inner service.
+pub(crate) fn holds_our_key(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .split(|&byte| is_ows(byte))
+        .any(|token| token.starts_with(KEY_PREFIX.as_bytes()))
 }
 
 fn candidate_or_malformed(candidate: &[u8]) -> Credential<'_> {
@@ -423,6 +425,29 @@ mod tests {
             ]),
             Credential::Candidate(KEY)
         );
+    }
+
+    #[test]
+    fn any_token_starting_with_cm_makes_a_value_ours_to_drop() {
+        for value in [
+            KEY,
+            "Bearer cm-x",
+            "Bearer Bearer cm-x",
+            "Basic cm-x",
+            "\tcm-x ",
+            "sk-1 cm-x",
+        ] {
+            assert!(
+                holds_our_key(&HeaderValue::from_str(value).unwrap()),
+                "{value}"
+            );
+        }
+        for value in ["Bearer sk-cm-x", "CM-x", "Bearer sk-ant", ""] {
+            assert!(
+                !holds_our_key(&HeaderValue::from_str(value).unwrap()),
+                "{value}"
+            );
+        }
     }
 
     #[test]

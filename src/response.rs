@@ -66,10 +66,21 @@ fn challenge(kind: RejectionKind) -> Option<HeaderValue> {
 
 /// The request id of an error response: an outer layer's, else the client's own,
 /// else a new one.
+///
+/// The length limit is for what a client sends; an outer layer's id is the server's
+/// own and is kept as it is, so that its logs and this response agree. It only has
+/// to be text, as the Anthropic body repeats it.
 fn request_id_of<B>(request: &Request<B>) -> HeaderValue {
-    outer_layer_id(request)
-        .or_else(|| request.headers().get(X_REQUEST_ID))
-        .filter(|value| is_usable_id(value))
+    let outer = outer_layer_id(request).filter(|value| value.to_str().is_ok());
+    let client = || {
+        request
+            .headers()
+            .get(X_REQUEST_ID)
+            .filter(|value| is_usable_id(value))
+    };
+
+    outer
+        .or_else(client)
         .cloned()
         .unwrap_or_else(new_request_id)
 }

@@ -165,6 +165,8 @@ where
         let options = shared.options;
 
         if options.pass_preflight && is_cors_preflight(&request) {
+            // Unauthenticated, so whatever key it carries must not travel on either.
+            strip_credentials(request.headers_mut(), options.keep_foreign);
             return ResponseFuture::calling(self.inner.call(request));
         }
 
@@ -233,7 +235,7 @@ fn remove_our_values(headers: &mut HeaderMap, name: HeaderName) {
     let kept: Vec<_> = entry
         .remove_entry_mult()
         .1
-        .filter(|value| !header::is_our_value(&name, value))
+        .filter(|value| !header::holds_our_key(value))
         .collect();
 
     for value in kept {

@@ -565,6 +565,22 @@ async fn a_cors_preflight_passes_through_unauthenticated_by_default() {
 }
 
 #[tokio::test]
+async fn a_cors_preflight_passes_through_without_any_key_it_carries() {
+    let h = Harness::start().await;
+    let key = h.key("alice").await;
+
+    let request = preflight()
+        .header("authorization", bearer(&key))
+        .header("x-api-key", "sk-ant-foreign");
+    let reply = h.send(request).await;
+
+    assert_eq!(reply.status, 200);
+    assert!(!reply.contains(secret_of(&key)));
+    assert_no_credentials_reached(&reply.json());
+    assert_eq!(h.calls(), (1, 0));
+}
+
+#[tokio::test]
 async fn a_cors_preflight_is_checked_when_passing_is_turned_off() {
     let h = Harness::start_with(Setup::default(), |layer| layer.pass_cors_preflight(false)).await;
 
@@ -722,6 +738,39 @@ async fn keep_foreign_credentials_passes_a_foreign_token_on_but_never_our_key() 
     let seen = assert_success(&h.send(request).await, &key, "alice");
     assert_eq!(seen["authorization"], json!([]));
     assert_eq!(seen["x_api_key"], json!(["sk-ant-upstream"]));
+}
+
+#[tokio::test]
+async fn keep_foreign_credentials_never_passes_our_key_on_in_any_shape() {
+    let h = Harness::start_with(Setup::default(), |layer| {
+        layer.keep_foreign_credentials(true)
+    })
+    .await;
+    let key = h.key("alice").await;
+    let other = h.key("bob").await;
+    // Values that are not candidates but still hold a `cm-` key.
+    let shapes = [
+        ("authorization", key.clone()),
+        ("authorization", format!("Bearer Bearer {key}")),
+        ("authorization", format!("Bearer {other}")),
+        ("authorization", format!("Basic {key}")),
+        ("authorization", format!("Bearer {key} {other}")),
+    ];
+
+    for (name, value) in &shapes {
+        let request = Raw::get("/").header("x-api-key", &key).header(name, value);
+        let seen = assert_success(&h.send(request).await, &key, "alice");
+        assert!(
+            !seen.to_string().contains("cm-"),
+            "{name}: {value} reached: {seen}"
+        );
+    }
+    let request = Raw::get("/")
+        .header("authorization", bearer(&key))
+        .header("x-api-key", format!("Bearer {key}"))
+        .header("x-api-key", format!("sk-ant-1 {other}"));
+    let seen = assert_success(&h.send(request).await, &key, "alice");
+    assert!(!seen.to_string().contains("cm-"), "{seen}");
 }
 
 // ---------------------------------------------------------------------------

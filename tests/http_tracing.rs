@@ -214,7 +214,7 @@ async fn the_log_never_shows_a_secret_or_a_malformed_id_but_shows_valid_key_ids(
         "api_key_inactive",
         "user_inactive",
         "auth_service_unavailable",
-        "path=/v1/models",
+        "path=\"/v1/models\"",
     ] {
         assert!(log.contains(expected), "{expected:?} missing from:\n{log}");
     }

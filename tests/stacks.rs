@@ -182,12 +182,24 @@ async fn on_a_plain_hyper_server_the_layer_wraps_a_service_fn_with_full_bodies()
 
 /// Request ids `outer-1`, `outer-2`, …: recognisable, and never a client's.
 #[derive(Debug, Clone, Default)]
-struct Counter(Arc<AtomicU64>);
+struct Counter {
+    next: Arc<AtomicU64>,
+    prefix: &'static str,
+}
+
+impl Counter {
+    fn with_prefix(prefix: &'static str) -> Self {
+        Self {
+            prefix,
+            ..Self::default()
+        }
+    }
+}
 
 impl MakeRequestId for Counter {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
-        let value = HeaderValue::from_str(&format!("outer-{n}")).unwrap();
+        let n = self.next.fetch_add(1, Ordering::SeqCst) + 1;
+        let value = HeaderValue::from_str(&format!("{}outer-{n}", self.prefix)).unwrap();
         Some(RequestId::new(value))
     }
 }
@@ -293,4 +305,30 @@ async fn verifier_verify_answers_valid_wrong_inactive_and_store_down() {
         );
         assert_eq!(rejection.status(), 503);
     }
+}
+
+#[tokio::test]
+async fn an_outer_request_id_is_used_as_it_is_even_when_longer_than_a_client_may_send() {
+    let (store, _) = store_with_key("alice").await;
+    let inner = tower::service_fn(|_: Request<Incoming>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+    });
+    // A trace id with a long prefix: the server's own id, not client input.
+    let prefix = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef-";
+    let x_request_id = HeaderName::from_static("x-request-id");
+    let service = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(
+            x_request_id.clone(),
+            Counter::with_prefix(prefix),
+        ))
+        .layer(PropagateRequestIdLayer::new(x_request_id))
+        .layer(ApiKeyLayer::new(store))
+        .service(inner);
+    let addr = support::spawn(service).await;
+
+    let reply = send(addr, Raw::get("/").header("x-api-key", "sk-ant-foreign")).await;
+
+    let expected = format!("{prefix}outer-1");
+    let expected_reply = Expected::unauthorized("invalid_api_key", Envelope::Anthropic);
+    assert_rejection(&reply, expected_reply.request_id(&expected));
 }
