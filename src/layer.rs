@@ -37,6 +37,13 @@ use crate::verify::Verifier;
 ///     .layer(ApiKeyLayer::new(store));
 /// ```
 ///
+/// # Request ids
+///
+/// Every error response carries one request id, in `x-request-id`, `request-id` and
+/// the Anthropic body: tower-http's `RequestId` when an outer layer set one (used as
+/// it is, being the server's own), else the client's `x-request-id` when it is at
+/// most 64 visible ASCII characters, else a new `req_` and 24 base62 characters.
+///
 /// # Requirements
 ///
 /// The inner service must be `Clone` and its response body must implement
@@ -89,7 +96,9 @@ impl<K: KeyStore, R> ApiKeyLayer<K, R> {
 
     /// Whether CORS preflights (`OPTIONS` with `Origin` and
     /// `Access-Control-Request-Method`) pass unauthenticated, so that a CORS layer
-    /// can answer them. On by default.
+    /// can answer them. On by default. A preflight that passes loses its credential
+    /// headers as an authenticated request does: browsers send none, and a key it
+    /// carries was never checked.
     pub fn pass_cors_preflight(mut self, pass: bool) -> Self {
         self.options.pass_preflight = pass;
         self
@@ -97,7 +106,9 @@ impl<K: KeyStore, R> ApiKeyLayer<K, R> {
 
     /// Whether credentials that are not ours (`Bearer sk-…` beside a `cm-` key)
     /// stay on the request for the inner service. Off by default: a gateway must
-    /// not forward stray tokens upstream. Our own key is always removed.
+    /// not forward stray tokens upstream. Our own key is always removed, and so is
+    /// any value holding a word that starts with `cm-` (a bare key, `Bearer Bearer
+    /// cm-…`, a second key that lost to the preferred header).
     pub fn keep_foreign_credentials(mut self, keep: bool) -> Self {
         self.options.keep_foreign = keep;
         self
