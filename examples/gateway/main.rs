@@ -1,1 +1,96 @@
-fn main() { println!("gateway"); }
+//! An LLM gateway that authenticates every request with a `cm-` API key.
+//!
+//! ```text
+//! gateway [--db URL] serve [--listen ADDR]
+//! gateway [--db URL] keys create --user USER [--name NAME] [--expires-in DUR]
+//! gateway [--db URL] keys list [--json]
+//! gateway [--db URL] keys disable|enable|revoke|delete KEY_ID_OR_KEY
+//! gateway [--db URL] users list [--json]
+//! gateway [--db URL] users disable|enable USER
+//! ```
+//!
+//! The database is `--db`, else `CROSSMODEL_DB`, else `sqlite://gateway.db`. With no
+//! upstream configured, a built-in echo model answers in the OpenAI and Anthropic
+//! response shapes. See `examples/gateway/README.md` for a walk-through.
+//!
+//! Exit status: 0 on success, 1 with a one-line message on standard error when
+//! something is wrong, 2 for a usage error.
+
+mod anthropic;
+mod cli;
+mod echo;
+mod errors;
+mod ids;
+mod keys;
+mod models;
+mod openai;
+mod serve;
+mod sse;
+mod store;
+mod time;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use crossmodel_auth::StoreError;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command};
+use crate::store::{Backend, Database, redact_url};
+use crossmodel_auth::store::SqliteKeyStore;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(&cli.command);
+
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let cannot_open = |error: StoreError| {
+        format!(
+            "cannot open the key database {}: {}",
+            redact_url(&cli.db),
+            keys::describe(&error)
+        )
+    };
+
+    match Backend::of(&cli.db)? {
+        Backend::Sqlite => {
+            let store = SqliteKeyStore::open(&cli.db).await.map_err(cannot_open)?;
+            run_on(store, cli.command).await
+        }
+    }
+}
+
+async fn run_on(store: impl Database, command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve(args) => serve::run(store, args).await,
+        Command::Keys(command) => keys::run_keys(&store, command).await,
+        Command::Users(command) => keys::run_users(&store, command).await,
+    }
+}
+
+/// Logs go to standard error (standard output is for keys and listings); `RUST_LOG`
+/// sets the level: `info` for the server, `warn` for the other commands.
+fn init_logs(command: &Command) {
+    let default = match command {
+        Command::Serve(_) => "info",
+        Command::Keys(_) | Command::Users(_) => "warn",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

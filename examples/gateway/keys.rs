@@ -1,0 +1,245 @@
+//! `keys …` and `users …`: key management from the command line.
+//!
+//! A new key goes, alone, to standard output; everything else a person reads goes to
+//! standard error. Failures come back as one-line messages for `main` to print.
+
+use std::time::{Duration, SystemTime};
+
+use crossmodel_auth::{
+    KeyFormat, KeyId, KeyManager, KeyRecord, KeyState, NewKey, StoreError, StoreErrorKind,
+    UserRecord,
+};
+use serde_json::json;
+
+use crate::cli::{KeysCommand, UsersCommand};
+use crate::time::rfc3339;
+
+/// Runs a `keys` command.
+pub(crate) async fn run_keys(store: &impl KeyManager, command: KeysCommand) -> Result<(), String> {
+    match command {
+        KeysCommand::Create {
+            user,
+            name,
+            expires_in,
+        } => create(store, user, name, expires_in).await,
+        KeysCommand::List { json } => list_keys(store, json).await,
+        KeysCommand::Disable(arg) => {
+            let id = key_id(&arg.key)?;
+            let result = store.disable_key(&id).await;
+            report(result, "disable", id, "disabled")
+        }
+        KeysCommand::Enable(arg) => {
+            let id = key_id(&arg.key)?;
+            let result = store.enable_key(&id).await;
+            report(result, "enable", id, "enabled")
+        }
+        KeysCommand::Revoke(arg) => {
+            let id = key_id(&arg.key)?;
+            let result = store.revoke_key(&id).await;
+            report(result, "revoke", id, "revoked")
+        }
+        KeysCommand::Delete(arg) => {
+            let id = key_id(&arg.key)?;
+            let result = store.delete_key(&id).await;
+            report(result, "delete", id, "deleted")
+        }
+    }
+}
+
+/// Runs a `users` command.
+pub(crate) async fn run_users(
+    store: &impl KeyManager,
+    command: UsersCommand,
+) -> Result<(), String> {
+    let (result, user, done) = match command {
+        UsersCommand::List { json } => return list_users(store, json).await,
+        UsersCommand::Disable(arg) => (store.disable_user(&arg.user).await, arg.user, "disabled"),
+        UsersCommand::Enable(arg) => (store.enable_user(&arg.user).await, arg.user, "enabled"),
+    };
+
+    match result {
+        Ok(()) => {
+            eprintln!("user {user} {done}");
+            Ok(())
+        }
+        Err(error) if error.kind() == StoreErrorKind::NotFound => {
+            Err(format!("no user `{user}`; `users list` shows the users"))
+        }
+        Err(error) => Err(format!("cannot change user `{user}`: {}", describe(&error))),
+    }
+}
+
+async fn create(
+    store: &impl KeyManager,
+    user: String,
+    name: String,
+    expires_in: Option<Duration>,
+) -> Result<(), String> {
+    let mut new = NewKey::for_user(user).name(name);
+    if let Some(expires_in) = expires_in {
+        let at = SystemTime::now()
+            .checked_add(expires_in)
+            .ok_or("--expires-in is too long")?;
+        new = new.expires_at(at);
+    }
+
+    let created = store
+        .create_key(new)
+        .await
+        .map_err(|error| format!("cannot create the key: {}", describe(&error)))?;
+
+    // The plaintext goes to standard output alone, so `$(gateway keys create …)`
+    // captures exactly the key.
+    println!("{}", created.key.expose());
+    let record = &created.record;
+    let expiry = record.expires_at.map_or_else(
+        || "never expires".to_owned(),
+        |at| format!("expires {}", rfc3339(at)),
+    );
+    eprintln!(
+        "created key {} for user {} ({expiry}); it is shown only this once, so store it now",
+        record.id, record.user_id
+    );
+    Ok(())
+}
+
+async fn list_keys(store: &impl KeyManager, as_json: bool) -> Result<(), String> {
+    let keys = store
+        .list_keys()
+        .await
+        .map_err(|error| format!("cannot list keys: {}", describe(&error)))?;
+    let now = SystemTime::now();
+
+    if as_json {
+        let rows: Vec<_> = keys.iter().map(|key| key_json(key, now)).collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+
+    let rows = keys.iter().map(|key| {
+        [
+            key.id.to_string(),
+            key.name.clone(),
+            key.user_id.clone(),
+            shown_state(key, now).to_owned(),
+            key.expires_at.map_or_else(|| "never".to_owned(), rfc3339),
+            key.last_used_at.map_or_else(|| "never".to_owned(), rfc3339),
+        ]
+    });
+    print_table(
+        ["ID", "NAME", "USER", "STATE", "EXPIRES", "LAST USED"],
+        rows,
+    );
+    Ok(())
+}
+
+async fn list_users(store: &impl KeyManager, as_json: bool) -> Result<(), String> {
+    let users = store
+        .list_users()
+        .await
+        .map_err(|error| format!("cannot list users: {}", describe(&error)))?;
+
+    if as_json {
+        let rows: Vec<_> = users.iter().map(user_json).collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+
+    let rows = users.iter().map(|user| {
+        [
+            user.id.clone(),
+            user.state.to_string(),
+            user.key_count.to_string(),
+        ]
+    });
+    print_table(["USER", "STATE", "KEYS"], rows);
+    Ok(())
+}
+
+fn key_json(key: &KeyRecord, now: SystemTime) -> serde_json::Value {
+    json!({
+        "id": key.id.as_str(),
+        "name": key.name,
+        "user": key.user_id,
+        "state": key.state.as_str(),
+        "expired": key.is_expired_at(now),
+        "user_state": key.user_state.as_str(),
+        "created_at": rfc3339(key.created_at),
+        "expires_at": key.expires_at.map(rfc3339),
+        "last_used_at": key.last_used_at.map(rfc3339),
+    })
+}
+
+fn user_json(user: &UserRecord) -> serde_json::Value {
+    json!({
+        "id": user.id,
+        "state": user.state.as_str(),
+        "keys": user.key_count,
+    })
+}
+
+/// The state a person needs to see: an active key past its expiry reads `expired`.
+fn shown_state(key: &KeyRecord, now: SystemTime) -> &'static str {
+    if key.state == KeyState::Active && key.is_expired_at(now) {
+        "expired"
+    } else {
+        key.state.as_str()
+    }
+}
+
+fn print_table<const N: usize>(header: [&str; N], rows: impl Iterator<Item = [String; N]>) {
+    let rows: Vec<[String; N]> = rows.collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+
+    let line = |cells: [&str; N]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header);
+    for row in &rows {
+        line(row.each_ref().map(String::as_str));
+    }
+}
+
+/// The key id in `text`, which is an id or a whole key. Never echoes `text`: it may
+/// be a secret.
+fn key_id(text: &str) -> Result<KeyId, String> {
+    KeyId::from_id_or_key(text, &KeyFormat::public()).map_err(|error| error.to_string())
+}
+
+fn report(result: Result<(), StoreError>, verb: &str, id: KeyId, done: &str) -> Result<(), String> {
+    match result {
+        Ok(()) => {
+            eprintln!("key {id} {done}");
+            Ok(())
+        }
+        Err(error) if error.kind() == StoreErrorKind::NotFound => {
+            Err(format!("no key with id {id}; `keys list` shows the ids"))
+        }
+        Err(error) => Err(format!("cannot {verb} key {id}: {}", describe(&error))),
+    }
+}
+
+/// A store error on one line: its message and the causes beneath it.
+pub(crate) fn describe(error: &StoreError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text.replace(['\n', '\r'], " ")
+}

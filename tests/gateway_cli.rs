@@ -1,0 +1,290 @@
+//! The example gateway's command line and server, run as a user runs them.
+#![allow(clippy::unwrap_used)]
+
+mod gateway_support;
+
+use gateway_support::{Server, TempDir, cli, create_key, eventually, http, is_key};
+use serde_json::Value;
+
+fn models_status(server: &Server, key: &str) -> (u16, Value) {
+    let bearer = format!("Bearer {key}");
+    let reply = http(
+        server.address,
+        "GET",
+        "/v1/models",
+        &[("authorization", &bearer)],
+        "",
+    );
+    let body = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
+    (reply.status, body)
+}
+
+fn code_of(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_default()
+}
+
+fn key_rows(dir: &TempDir, db: &str) -> Vec<Value> {
+    let run = cli(dir.path(), db, &["keys", "list", "--json"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    serde_json::from_str::<Value>(&run.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn the_start_that_creates_the_database_prints_one_key_and_later_starts_none() {
+    let dir = TempDir::new();
+
+    // No --db and no CROSSMODEL_DB: sqlite://gateway.db in the working directory.
+    let server = Server::start(dir.path(), None);
+    eventually("the first key is printed", || {
+        server.stdout().lines().count() == 1
+    });
+    let key = server.stdout().trim().to_owned();
+
+    assert!(is_key(&key), "standard output holds the key alone");
+    assert!(dir.path().join("gateway.db").exists());
+    assert!(server.log().contains("will not be shown again"));
+    assert_eq!(models_status(&server, &key).0, 200);
+    assert!(!server.log().contains(&key), "the key reached the log");
+    assert_eq!(
+        server.terminate().code(),
+        Some(0),
+        "SIGTERM ends the server cleanly"
+    );
+
+    let again = Server::start(dir.path(), None);
+    assert_eq!(
+        models_status(&again, &key).0,
+        200,
+        "the key survives a restart"
+    );
+    assert_eq!(again.stdout(), "", "a later start prints no key");
+    let users = cli(dir.path(), &dir.sqlite_url(), &["users", "list", "--json"]);
+    assert!(users.stdout.contains("\"default\""), "{}", users.stdout);
+}
+
+#[test]
+fn keys_create_prints_the_key_alone_and_list_never_shows_a_secret() {
+    let dir = TempDir::new();
+    let db = dir.sqlite_url();
+
+    let run = cli(
+        dir.path(),
+        &db,
+        &[
+            "keys",
+            "create",
+            "--user",
+            "alice",
+            "--name",
+            "laptop",
+            "--expires-in",
+            "30d",
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let key = run.stdout.strip_suffix('\n').unwrap();
+    assert!(is_key(key), "stdout is the key alone: {:?}", run.stdout);
+    assert!(!run.stderr.contains(key));
+    let id = &key[3..15];
+    assert!(run.stderr.contains(id), "stderr names the key id");
+
+    let rows = key_rows(&dir, &db);
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row["id"], id);
+    assert_eq!(row["name"], "laptop");
+    assert_eq!(row["user"], "alice");
+    assert_eq!(row["state"], "active");
+    assert!(row["expires_at"].as_str().unwrap().ends_with('Z'));
+    assert!(row["last_used_at"].is_null());
+
+    let table = cli(dir.path(), &db, &["keys", "list"]);
+    assert_eq!(table.code, Some(0));
+    assert!(table.stdout.starts_with("ID"), "{}", table.stdout);
+    assert!(table.stdout.contains("laptop") && table.stdout.contains("alice"));
+    for output in [&table.stdout, &table.stderr] {
+        assert!(!output.contains(&key[16..]), "a listing shows the secret");
+    }
+}
+
+#[test]
+fn key_commands_take_an_id_or_a_key_and_exit_as_documented() {
+    let dir = TempDir::new();
+    let db = dir.sqlite_url();
+    let key = create_key(dir.path(), &db, "alice");
+    let id = key[3..15].to_owned();
+    let state = || key_rows(&dir, &db)[0]["state"].as_str().unwrap().to_owned();
+
+    for (args, expected) in [
+        (vec!["keys", "disable", id.as_str()], "disabled"),
+        (vec!["keys", "disable", id.as_str()], "disabled"),
+        (vec!["keys", "enable", key.as_str()], "active"),
+        (vec!["keys", "revoke", key.as_str()], "revoked"),
+        (vec!["keys", "revoke", id.as_str()], "revoked"),
+    ] {
+        let run = cli(dir.path(), &db, &args);
+        assert_eq!(run.code, Some(0), "{args:?}: {}", run.stderr);
+        assert_eq!(state(), expected, "after {args:?}");
+    }
+
+    let refused = cli(dir.path(), &db, &["keys", "enable", &id]);
+    assert_eq!(refused.code, Some(1), "enabling a revoked key fails");
+    assert_eq!(refused.stderr.lines().count(), 1, "{}", refused.stderr);
+    assert_eq!(state(), "revoked");
+
+    assert_eq!(
+        cli(dir.path(), &db, &["keys", "delete", &key]).code,
+        Some(0)
+    );
+    assert!(key_rows(&dir, &db).is_empty());
+    let gone = cli(dir.path(), &db, &["keys", "delete", &id]);
+    assert_eq!(gone.code, Some(1), "deleting twice fails: the key is gone");
+    assert!(gone.stderr.contains("no key"), "{}", gone.stderr);
+}
+
+#[test]
+fn wrong_input_exits_1_with_one_line_and_usage_errors_exit_2() {
+    let dir = TempDir::new();
+    let db = dir.sqlite_url();
+    let key = create_key(dir.path(), &db, "alice");
+    let mistyped = format!("{}x", &key[..key.len() - 1]);
+
+    for args in [
+        vec!["keys", "disable", "AAAAAAAAAAAA"],
+        vec!["keys", "disable", "not-a-key"],
+        vec!["keys", "revoke", mistyped.as_str()],
+        vec!["users", "enable", "nobody"],
+        vec!["keys", "create", "--user", "has space"],
+    ] {
+        let run = cli(dir.path(), &db, &args);
+        assert_eq!(run.code, Some(1), "{args:?}: {run:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
+        assert!(
+            !run.stderr.contains(&mistyped[16..]),
+            "a message echoed a secret"
+        );
+    }
+
+    for args in [
+        vec!["keys", "create"],
+        vec!["keys", "create", "--user", "a", "--expires-in", "5w"],
+        vec!["keys", "create", "--user", "a", "--expires-in", "0d"],
+        vec!["keys", "frobnicate"],
+        vec!["users"],
+    ] {
+        assert_eq!(cli(dir.path(), &db, &args).code, Some(2), "{args:?}");
+    }
+}
+
+#[test]
+fn an_unreachable_database_exits_1() {
+    let dir = TempDir::new();
+
+    for db in [
+        "sqlite:///nonexistent-directory/for/sure/gateway.db",
+        "postgres://postgres@127.0.0.1:1/test",
+        "mysql://127.0.0.1/keys",
+    ] {
+        let run = cli(dir.path(), db, &["keys", "list"]);
+        assert_eq!(run.code, Some(1), "{db}: {run:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{db}: {}", run.stderr);
+    }
+}
+
+#[test]
+fn the_database_comes_from_crossmodel_db_when_no_flag_names_one() {
+    let dir = TempDir::new();
+    let db = format!("sqlite://{}", dir.path().join("from-env.db").display());
+
+    let output = gateway_support::command(dir.path())
+        .env("CROSSMODEL_DB", &db)
+        .args(["keys", "create", "--user", "env"])
+        .output()
+        .unwrap();
+
+    assert!(output.status.success());
+    assert!(dir.path().join("from-env.db").exists());
+    assert!(!dir.path().join("gateway.db").exists());
+}
+
+#[test]
+fn users_list_and_switch_users() {
+    let dir = TempDir::new();
+    let db = dir.sqlite_url();
+    create_key(dir.path(), &db, "alice");
+    create_key(dir.path(), &db, "alice");
+    create_key(dir.path(), &db, "bob");
+
+    for args in [["users", "disable", "bob"], ["users", "disable", "bob"]] {
+        assert_eq!(
+            cli(dir.path(), &db, &args).code,
+            Some(0),
+            "repeating is a success"
+        );
+    }
+
+    let run = cli(dir.path(), &db, &["users", "list", "--json"]);
+    let users: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(users[0]["id"], "alice");
+    assert_eq!(users[0]["keys"], 2);
+    assert_eq!(users[0]["state"], "active");
+    assert_eq!(users[1]["id"], "bob");
+    assert_eq!(users[1]["state"], "disabled");
+
+    assert_eq!(
+        cli(dir.path(), &db, &["users", "enable", "bob"]).code,
+        Some(0)
+    );
+    let table = cli(dir.path(), &db, &["users", "list"]);
+    assert!(table.stdout.starts_with("USER"), "{}", table.stdout);
+    assert!(!table.stdout.contains("disabled"));
+}
+
+#[test]
+fn changes_made_from_the_command_line_reach_a_running_server() {
+    let dir = TempDir::new();
+    let db = dir.sqlite_url();
+    let server = Server::start(dir.path(), Some(&db));
+    let key = create_key(dir.path(), &db, "bob");
+    let other = create_key(dir.path(), &db, "bob");
+    let run = |args: &[&str]| assert_eq!(cli(dir.path(), &db, args).code, Some(0), "{args:?}");
+    let answers = |key: &str, status: u16, code: &str| {
+        let (got, body) = models_status(&server, key);
+        got == status && (code.is_empty() || code_of(&body) == code)
+    };
+
+    eventually("a new key works", || answers(&key, 200, ""));
+    run(&["keys", "disable", &key]);
+    eventually("a disabled key is refused", || {
+        answers(&key, 401, "api_key_inactive")
+    });
+    run(&["keys", "enable", &key]);
+    eventually("an enabled key works again", || answers(&key, 200, ""));
+
+    run(&["users", "disable", "bob"]);
+    eventually("a disabled user is refused", || {
+        answers(&key, 401, "user_inactive")
+    });
+    run(&["users", "enable", "bob"]);
+    eventually("an enabled user works again", || answers(&key, 200, ""));
+
+    run(&["keys", "revoke", &key]);
+    eventually("a revoked key is refused", || {
+        answers(&key, 401, "api_key_inactive")
+    });
+    assert!(answers(&other, 200, ""));
+    run(&["keys", "delete", &other]);
+    eventually("a deleted key is unknown", || {
+        answers(&other, 401, "invalid_api_key")
+    });
+
+    let log = server.log();
+    assert!(
+        !log.contains(&key[15..]) && !log.contains(&other[15..]),
+        "a secret was logged"
+    );
+}
