@@ -544,6 +544,33 @@ async fn a_64_kib_foreign_bearer_token_beside_a_valid_x_api_key_is_ignored() {
     assert_eq!(h.calls(), (1, 1));
 }
 
+#[tokio::test]
+async fn a_rejected_request_body_is_never_read() {
+    let h = Harness::start().await;
+    let key = h.key("alice").await;
+    let forged = with_wrong_secret(&key);
+
+    // The body is announced but never sent: an answer proves nobody waited for it,
+    // and no `100 Continue` proves nobody asked for it.
+    for headers in [vec![], vec![("authorization", bearer(&forged))]] {
+        let mut request = Raw::new("POST", "/v1/chat/completions")
+            .header("content-type", "application/json")
+            .header("content-length", "1048576")
+            .header("expect", "100-continue");
+        for (name, value) in &headers {
+            request = request.header(name, value);
+        }
+        let reply = h.send(request).await;
+
+        assert!(
+            !reply.raw.starts_with(b"HTTP/1.1 100"),
+            "asked for the body"
+        );
+        assert_eq!(reply.status, 401);
+    }
+    assert_eq!(h.calls(), (0, 1));
+}
+
 // ---------------------------------------------------------------------------
 // CORS preflights
 

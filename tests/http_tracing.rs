@@ -155,6 +155,20 @@ fn every_kind_of_request(keys: &Keys) -> Vec<Raw> {
         Raw::get("/v1/models")
             .header("authorization", "Bearer sk-TOPSECRETforeign0013")
             .header("x-api-key", &keys.valid),
+        Raw::get("/v1/models")
+            .header("x-api-key", &keys.valid)
+            .header("x-api-key", &keys.valid),
+        Raw::get("/v1/models")
+            .header(
+                "authorization",
+                format!("Bearer sk-{}", "TOPSECRET".repeat(7300)),
+            )
+            .header("x-api-key", &keys.valid),
+        Raw::get("/v1/models").header("x-api-key", b"cm-MALFORMEDid6_TOPSECRET\x01"),
+        Raw::new("POST", "/v1/messages")
+            .header("x-api-key", &bad_checksum)
+            .header("content-length", "4096")
+            .header("expect", "100-continue"),
         preflight,
     ]
 }
@@ -179,8 +193,8 @@ async fn the_log_never_shows_a_secret_or_a_malformed_id_but_shows_valid_key_ids(
     }
     assert_eq!(
         h.echo.calls(),
-        3,
-        "two authenticated requests and a preflight"
+        5,
+        "four authenticated requests and a preflight"
     );
 
     for backend in [Backend::Failing, Backend::Hanging] {

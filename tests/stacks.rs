@@ -332,3 +332,81 @@ async fn an_outer_request_id_is_used_as_it_is_even_when_longer_than_a_client_may
     let expected_reply = Expected::unauthorized("invalid_api_key", Envelope::Anthropic);
     assert_rejection(&reply, expected_reply.request_id(&expected));
 }
+
+// ---------------------------------------------------------------------------
+// Readiness and concurrency
+
+/// An inner service that insists on tower's contract: `call` only on the instance
+/// whose `poll_ready` said yes. Clones start unready.
+#[derive(Debug)]
+struct MustBeReady {
+    inner: support::Echo,
+    ready: bool,
+}
+
+impl Clone for MustBeReady {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            ready: false,
+        }
+    }
+}
+
+impl<B> tower::Service<Request<B>> for MustBeReady {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.ready = true;
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        assert!(
+            self.ready,
+            "called an instance that poll_ready did not ready"
+        );
+        self.ready = false;
+        self.inner.call(request)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_each_reach_a_readied_inner_service_with_their_own_identity() {
+    let store = MemoryKeyStore::new();
+    let mut keys = Vec::new();
+    for n in 0..24 {
+        let created = store
+            .create_key(NewKey::for_user(format!("user{n}")))
+            .await
+            .unwrap();
+        keys.push((format!("user{n}"), created.key.expose().to_owned()));
+    }
+    let echo = support::Echo::default();
+    let inner = MustBeReady {
+        inner: echo.clone(),
+        ready: false,
+    };
+    // The waiting store sends every request through the deadline future.
+    let layer = ApiKeyLayer::new(support::Waiting(store.clone()));
+    let addr = support::spawn(tower::Layer::layer(&layer, inner)).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for (user, key) in keys.iter().cloned().chain(keys.iter().cloned()) {
+        tasks.spawn(async move {
+            let reply = send(addr, Raw::get("/").header("authorization", bearer(&key))).await;
+            (user, key, reply)
+        });
+    }
+    while let Some(outcome) = tasks.join_next().await {
+        let (user, key, reply) = outcome.unwrap();
+        support::assert_success(&reply, &key, &user);
+    }
+
+    assert_eq!(echo.calls(), 48);
+}
