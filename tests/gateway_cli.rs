@@ -288,3 +288,40 @@ fn changes_made_from_the_command_line_reach_a_running_server() {
         "a secret was logged"
     );
 }
+
+#[test]
+fn an_expired_key_is_refused_and_listed_as_expired() {
+    let dir = TempDir::new();
+    let db = dir.sqlite_url();
+    let server = Server::start(dir.path(), Some(&db));
+    let run = cli(
+        dir.path(),
+        &db,
+        &["keys", "create", "--user", "eve", "--expires-in", "1s"],
+    );
+    let key = run.stdout.trim().to_owned();
+
+    eventually("the key expires", || {
+        let (status, body) = models_status(&server, &key);
+        status == 401 && code_of(&body) == "api_key_inactive"
+    });
+    let rows = key_rows(&dir, &db);
+    let row = rows.iter().find(|row| row["user"] == "eve").unwrap();
+    assert_eq!(row["state"], "active");
+    assert_eq!(row["expired"], true);
+    assert!(
+        cli(dir.path(), &db, &["keys", "list"])
+            .stdout
+            .contains("expired")
+    );
+}
+
+#[test]
+fn ctrl_c_stops_the_server_cleanly() {
+    let dir = TempDir::new();
+    let server = Server::start(dir.path(), Some(&dir.sqlite_url()));
+
+    let status = server.stop_with("-INT");
+
+    assert_eq!(status.code(), Some(0));
+}

@@ -208,6 +208,13 @@ fn each_api_gets_its_own_errors() {
     let not_object = running.openai("POST", "/v1/chat/completions", "[1,2]");
     assert_eq!(not_object.status, 400);
 
+    let too_large = "x".repeat(3 << 20);
+    let reply = running.openai("POST", "/v1/chat/completions", &too_large);
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+    let reply = running.anthropic("/v1/messages", &too_large);
+    assert_eq!(reply.json()["error"]["type"], "request_too_large");
+
     let unknown = r#"{"model":"acme/nope","max_tokens":5,"messages":[]}"#;
     let openai = running.openai("POST", "/v1/chat/completions", unknown);
     assert_eq!(openai.status, 404);

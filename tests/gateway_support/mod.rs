@@ -184,9 +184,14 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for the process to end.
-    pub fn terminate(mut self) -> ExitStatus {
+    pub fn terminate(self) -> ExitStatus {
+        self.stop_with("-TERM")
+    }
+
+    /// Sends `signal` (`-TERM`, `-INT`) and waits for the process to end.
+    pub fn stop_with(mut self, signal: &str) -> ExitStatus {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status()
             .expect("kill runs");
         assert!(status.success());
@@ -196,7 +201,7 @@ impl Server {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(start.elapsed() < DEADLINE, "the gateway ignored SIGTERM");
+            assert!(start.elapsed() < DEADLINE, "the gateway ignored {signal}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
