@@ -69,9 +69,9 @@ fn challenge(kind: RejectionKind) -> Option<HeaderValue> {
 ///
 /// The length limit is for what a client sends; an outer layer's id is the server's
 /// own and is kept as it is, so that its logs and this response agree. It only has
-/// to be text, as the Anthropic body repeats it.
+/// to be non-empty text, as the Anthropic body repeats it.
 fn request_id_of<B>(request: &Request<B>) -> HeaderValue {
-    let outer = outer_layer_id(request).filter(|value| value.to_str().is_ok());
+    let outer = outer_layer_id(request).filter(|value| !value.is_empty() && value.to_str().is_ok());
     let client = || {
         request
             .headers()

@@ -838,9 +838,10 @@ async fn the_anthropic_family_always_answers_in_the_anthropic_envelope() {
     let key = h.key("alice").await;
 
     assert_refused(&h, "/", &[], "missing_api_key", &[]).await;
-    let wrong = bearer(&with_wrong_secret(&key));
+    let forged = with_wrong_secret(&key);
+    let wrong = bearer(&forged);
     let headers = [("authorization", wrong.as_bytes())];
-    assert_refused(&h, "/", &headers, "invalid_api_key", &[]).await;
+    assert_refused(&h, "/", &headers, "invalid_api_key", &[secret_of(&forged)]).await;
     let reply = h.send(Raw::get("/")).await;
     let message = reply.json()["error"]["message"]
         .as_str()
