@@ -8,7 +8,7 @@
 
 use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
-use crate::key::{KEY_LEN, KEY_PREFIX};
+use crate::key::{KEY_ID_LEN, KEY_LEN, KEY_PREFIX};
 use crate::rejection::Reason;
 
 /// The `x-api-key` header of Anthropic-style APIs.
@@ -164,12 +164,27 @@ pub(crate) fn select(headers: &HeaderMap, family: RouteFamily) -> Credential<'_>
 ///
 /// Wider than what counts as a candidate on purpose: a bare key, `Bearer Bearer
 /// cm-…` or a losing second key are not candidates, but forwarding them would still
-/// hand one of our keys to the inner service.
+/// hand one of our keys to the inner service. So is a whole key embedded in a
+/// token (`"cm-…"`, `token=cm-…`, `sk-x,cm-…`): a client that wraps our key in its
+/// own credential still must not have it forwarded.
 pub(crate) fn holds_our_key(value: &HeaderValue) -> bool {
-    value
-        .as_bytes()
+    let bytes = value.as_bytes();
+    bytes
         .split(|&byte| is_ows(byte))
         .any(|token| token.starts_with(KEY_PREFIX.as_bytes()))
+        || bytes.windows(KEY_LEN).any(has_key_layout)
+}
+
+/// `cm-`, twelve alphanumerics, `_`, 28 alphanumerics: the key layout without its
+/// checksum, which needs the key format and does not matter here.
+fn has_key_layout(window: &[u8]) -> bool {
+    let separator = KEY_PREFIX.len() + KEY_ID_LEN;
+    window.starts_with(KEY_PREFIX.as_bytes())
+        && window[separator] == b'_'
+        && window[KEY_PREFIX.len()..]
+            .iter()
+            .enumerate()
+            .all(|(at, byte)| at + KEY_PREFIX.len() == separator || byte.is_ascii_alphanumeric())
 }
 
 fn candidate_or_malformed(candidate: &[u8]) -> Credential<'_> {
@@ -439,6 +454,17 @@ mod tests {
         ] {
             assert!(
                 holds_our_key(&HeaderValue::from_str(value).unwrap()),
+                "{value}"
+            );
+        }
+        for value in [
+            format!("!{KEY}"),
+            format!("Bearer \"{KEY}\""),
+            format!("token={KEY}"),
+            format!("Bearer sk-x,{KEY}"),
+        ] {
+            assert!(
+                holds_our_key(&HeaderValue::from_str(&value).unwrap()),
                 "{value}"
             );
         }
