@@ -571,6 +571,23 @@ async fn a_rejected_request_body_is_never_read() {
     assert_eq!(h.calls(), (0, 1));
 }
 
+#[tokio::test]
+async fn a_header_block_past_hypers_buffer_is_refused_by_hyper_before_the_layer() {
+    let h = Harness::start().await;
+    let key = h.key("alice").await;
+    // hyper reads at most about 400 KiB of request head by default; 64 KiB values
+    // stay well inside it, so for them the layer decides (tests above).
+    let huge = format!("Bearer sk-{}", "b".repeat(512 * 1024));
+
+    let request = Raw::get("/")
+        .header("authorization", &huge)
+        .header("x-api-key", &key);
+    let reply = h.send(request).await;
+
+    assert_eq!(reply.status, 431);
+    assert_eq!(h.calls(), (0, 0));
+}
+
 // ---------------------------------------------------------------------------
 // CORS preflights
 

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 use bytes::Bytes;
 use crossmodel_auth::{
     ApiKeyLayer, Envelope, Identity, KeyId, KeyManager, MemoryKeyStore, NewKey, RejectionKind,
-    Verifier,
+    RouteFamily, Verifier,
 };
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body_util::Full;
@@ -132,6 +132,51 @@ async fn a_handler_asking_for_an_identity_outside_the_layer_gets_a_500() {
     );
 
     let reply = send(addr, Raw::get("/inside").header("x-api-key", &key)).await;
+    assert_eq!(reply.status, 200);
+}
+
+#[tokio::test]
+async fn each_axum_route_can_follow_its_own_api_family() {
+    let (store, key) = store_with_key("alice").await;
+    let openai = ApiKeyLayer::new(store.clone()).route_family(RouteFamily::OpenAi);
+    let anthropic = ApiKeyLayer::new(store).route_family(RouteFamily::Anthropic);
+    let router = Router::new()
+        .route("/v1/chat/completions", post(whoami).layer(openai))
+        .route("/v1/messages", post(whoami).layer(anthropic));
+    let addr = serve_router(router).await;
+    let post_to = |path: &str| Raw::new("POST", path).header("content-length", "0");
+
+    let reply = send(
+        addr,
+        post_to("/v1/chat/completions").header("anthropic-version", "1"),
+    )
+    .await;
+    assert_rejection(
+        &reply,
+        Expected::unauthorized("missing_api_key", Envelope::OpenAi),
+    );
+    let reply = send(addr, post_to("/v1/messages")).await;
+    assert_rejection(
+        &reply,
+        Expected::unauthorized("missing_api_key", Envelope::Anthropic),
+    );
+
+    let reply = send(
+        addr,
+        post_to("/v1/chat/completions").header("x-api-key", &key),
+    )
+    .await;
+    assert_rejection(
+        &reply,
+        Expected::unauthorized("missing_api_key", Envelope::OpenAi),
+    );
+    let reply = send(addr, post_to("/v1/messages").header("x-api-key", &key)).await;
+    assert_eq!(reply.status, 200);
+    let reply = send(
+        addr,
+        post_to("/v1/chat/completions").header("authorization", bearer(&key)),
+    )
+    .await;
     assert_eq!(reply.status, 200);
 }
 
