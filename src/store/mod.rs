@@ -17,6 +17,8 @@ use crate::key::{ApiKey, KeyDigest, KeyId};
 #[cfg(feature = "cache")]
 mod cache;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
@@ -26,6 +28,9 @@ mod sqlite;
 #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
 pub use cache::CachedKeyStore;
 pub use memory::MemoryKeyStore;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use postgres::{PostgresKeyStore, PostgresOptions};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::{SqliteKeyStore, SqliteOptions};
