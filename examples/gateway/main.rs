@@ -38,7 +38,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
 use crate::store::{Backend, Database, redact_url};
-use crossmodel_auth::store::SqliteKeyStore;
+use crossmodel_auth::store::{PostgresKeyStore, SqliteKeyStore};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -66,6 +66,12 @@ async fn run(cli: Cli) -> Result<(), String> {
     match Backend::of(&cli.db)? {
         Backend::Sqlite => {
             let store = SqliteKeyStore::open(&cli.db).await.map_err(cannot_open)?;
+            run_on(store, cli.command).await
+        }
+        Backend::Postgres => {
+            let store = PostgresKeyStore::connect(&cli.db)
+                .await
+                .map_err(cannot_open)?;
             run_on(store, cli.command).await
         }
     }

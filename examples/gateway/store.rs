@@ -1,13 +1,14 @@
 //! The key databases the gateway runs on, chosen by the scheme of `--db`.
 
 use async_trait::async_trait;
-use crossmodel_auth::store::SqliteKeyStore;
+use crossmodel_auth::store::{PostgresKeyStore, SqliteKeyStore};
 use crossmodel_auth::{CreatedKey, KeyManager, KeyStore, NewKey, StoreError};
 
 /// Which store a database URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backend {
     Sqlite,
+    Postgres,
 }
 
 impl Backend {
@@ -15,6 +16,7 @@ impl Backend {
     pub(crate) fn of(url: &str) -> Result<Self, String> {
         match url.split_once(':').map(|(scheme, _)| scheme) {
             Some("sqlite") => Ok(Self::Sqlite),
+            Some("postgres" | "postgresql") => Ok(Self::Postgres),
             _ => Err(format!(
                 "`{}` is not a database URL the gateway knows; use sqlite://FILE or \
                  postgres://USER@HOST/DATABASE",
@@ -46,17 +48,28 @@ impl Database for SqliteKeyStore {
     }
 }
 
+#[async_trait]
+impl Database for PostgresKeyStore {
+    async fn create_first_key(&self, new: NewKey) -> Result<Option<CreatedKey>, StoreError> {
+        PostgresKeyStore::create_first_key(self, new).await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        PostgresKeyStore::flush(self).await
+    }
+}
+
 /// A database URL safe to print: without its password.
 pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
     let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:…@{}", &rest[at + 1..])
-        }
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:…@{}", &rest[at + 1..]),
         None => url.to_owned(),
     }
 }
@@ -73,6 +86,10 @@ mod tests {
         );
         assert_eq!(redact_url("sqlite://gateway.db"), "sqlite://gateway.db");
         assert_eq!(
+            redact_url("postgres://app@db/keys"),
+            "postgres://app@db/keys"
+        );
+        assert_eq!(
             redact_url("postgres://db/keys?x=a@b"),
             "postgres://db/keys?x=a@b"
         );
@@ -82,6 +99,8 @@ mod tests {
     fn the_scheme_picks_the_backend() {
         assert_eq!(Backend::of("sqlite://gateway.db"), Ok(Backend::Sqlite));
         assert_eq!(Backend::of("sqlite:gateway.db"), Ok(Backend::Sqlite));
+        assert_eq!(Backend::of("postgres://db/keys"), Ok(Backend::Postgres));
+        assert_eq!(Backend::of("postgresql://db/keys"), Ok(Backend::Postgres));
         assert!(
             Backend::of("mysql://x:secret@db/keys")
                 .unwrap_err()

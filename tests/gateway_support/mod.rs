@@ -134,38 +134,15 @@ impl Server {
         serve_args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
-        let mut command = command(dir);
-        if let Some(db) = db {
-            command.arg("--db").arg(db);
-        }
-        let mut child = command
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(serve_args)
-            .env("RUST_LOG", "info,crossmodel_auth=debug")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the gateway starts");
+        Starting::spawn(dir, db, serve_args, env).ready()
+    }
 
-        let stdout = collect(child.stdout.take().expect("piped"), None);
-        let (address_tx, address_rx) = mpsc::channel();
-        let stderr = collect(child.stderr.take().expect("piped"), Some(address_tx));
-
-        let address = match address_rx.recv_timeout(DEADLINE) {
-            Ok(address) => address,
-            Err(_) => {
-                let _ = child.kill();
-                let log = stderr.lock().expect("log").clone();
-                panic!("the gateway did not listen within {DEADLINE:?}; its log:\n{log}");
-            }
-        };
-        Self {
-            child,
-            address,
-            stdout,
-            stderr,
-        }
+    /// Starts `count` servers on one database at the same moment, as replicas do.
+    pub fn start_together(count: usize, dir: &Path, db: &str) -> Vec<Self> {
+        let starting: Vec<Starting> = (0..count)
+            .map(|_| Starting::spawn(dir, Some(db), &[], &[]))
+            .collect();
+        starting.into_iter().map(Starting::ready).collect()
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -211,6 +188,66 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A server process that may not listen yet.
+struct Starting {
+    // Taken by `ready`; killed on drop otherwise.
+    child: Option<Child>,
+    address: mpsc::Receiver<SocketAddr>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Starting {
+    fn spawn(dir: &Path, db: Option<&str>, serve_args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = command(dir);
+        if let Some(db) = db {
+            command.arg("--db").arg(db);
+        }
+        let mut child = command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(serve_args)
+            .env("RUST_LOG", "info,crossmodel_auth=debug")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the gateway starts");
+
+        let stdout = collect(child.stdout.take().expect("piped"), None);
+        let (address_tx, address) = mpsc::channel();
+        let stderr = collect(child.stderr.take().expect("piped"), Some(address_tx));
+        Self {
+            child: Some(child),
+            address,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits until the server listens.
+    fn ready(mut self) -> Server {
+        let Ok(address) = self.address.recv_timeout(DEADLINE) else {
+            let log = self.stderr.lock().expect("log").clone();
+            panic!("the gateway did not listen within {DEADLINE:?}; its log:\n{log}");
+        };
+        Server {
+            child: self.child.take().expect("ready is called once"),
+            address,
+            stdout: Arc::clone(&self.stdout),
+            stderr: Arc::clone(&self.stderr),
+        }
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -353,4 +390,146 @@ pub fn is_key(text: &str) -> bool {
             .iter()
             .enumerate()
             .all(|(index, byte)| index == 12 || byte.is_ascii_alphanumeric())
+}
+
+/// A database of its own on the PostgreSQL server at `DATABASE_URL` (default
+/// `postgres://postgres@127.0.0.1:5432/test`), dropped when the value is.
+pub struct ScratchDatabase {
+    admin_url: String,
+    name: String,
+    pub url: String,
+}
+
+impl ScratchDatabase {
+    pub fn create() -> Self {
+        static COUNT: AtomicU32 = AtomicU32::new(0);
+        let admin_url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let name = format!(
+            "gateway_{}_{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        );
+
+        psql(
+            &admin_url,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        );
+        psql(&admin_url, &format!("CREATE DATABASE {name}"));
+        let url = Self::url_of(&admin_url, &name, None);
+        Self {
+            admin_url,
+            name,
+            url,
+        }
+    }
+
+    /// The URL of this database reached through `port` instead.
+    pub fn url_through(&self, port: u16) -> String {
+        Self::url_of(&self.admin_url, &self.name, Some(port))
+    }
+
+    fn url_of(admin_url: &str, name: &str, port: Option<u16>) -> String {
+        let without_query = admin_url.split('?').next().unwrap_or(admin_url);
+        let (server, _) = without_query.rsplit_once('/').expect("a database URL");
+        let server = match port {
+            Some(port) => {
+                let (userinfo, host) = server.rsplit_once('@').unwrap_or(("postgres:/", server));
+                let host = host.rsplit_once(':').map_or(host, |(host, _)| host);
+                format!("{userinfo}@{host}:{port}")
+            }
+            None => server.to_owned(),
+        };
+        format!("{server}/{name}")
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let _ = Command::new("psql")
+            .args([&self.admin_url, "-qc", &sql])
+            .output();
+    }
+}
+
+fn psql(url: &str, sql: &str) {
+    let output = Command::new("psql")
+        .args([url, "-qc", sql])
+        .output()
+        .expect("psql is installed");
+    assert!(
+        output.status.success(),
+        "PostgreSQL at DATABASE_URL is unreachable ({}); run scripts/services-up",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+}
+
+/// A TCP forwarder on loopback that a test can cut and restore, to take a
+/// database away from a running server.
+pub struct Proxy {
+    pub port: u16,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    /// Forwards `127.0.0.1:<port>` to `target`.
+    pub fn start(target: SocketAddr) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = Arc::new(Mutex::new(Vec::new()));
+
+        let (accepting, tracked) = (Arc::clone(&open), Arc::clone(&connections));
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !accepting.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                forward(client, server, &tracked);
+            }
+        });
+        Self {
+            port,
+            open,
+            connections,
+        }
+    }
+
+    /// Drops every connection and refuses new ones, as a dead server would.
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for stream in self.connections.lock().expect("connections").drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+fn forward(client: TcpStream, server: TcpStream, tracked: &Arc<Mutex<Vec<TcpStream>>>) {
+    let pairs = [
+        (client.try_clone(), server.try_clone()),
+        (server.try_clone(), client.try_clone()),
+    ];
+    {
+        let mut tracked = tracked.lock().expect("connections");
+        tracked.extend(client.try_clone());
+        tracked.extend(server.try_clone());
+    }
+    for pair in pairs {
+        if let (Ok(mut from), Ok(mut to)) = pair {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from, &mut to);
+                let _ = to.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    }
 }
