@@ -24,8 +24,8 @@ use crossmodel_auth::{
     ApiKeyLayer, ApiKeyService, Identity, JsonEnvelope, MemoryKeyStore, RejectionKind, RouteFamily,
 };
 use crossmodel_auth_fuzz::{
-    Expect, FixtureKey, RecordingStore, assemble, base62, contains, fixture_store, public_checksum,
-    valid_ids_within,
+    Expect, FixtureKey, KEY_LEN, RecordingStore, assemble, base62, contains, fixture_store,
+    has_documented_shape, public_checksum, valid_ids_within,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use libfuzzer_sys::fuzz_target;
@@ -153,6 +153,7 @@ enum Credential {
     UpperPrefix(u8),
     Forged { id: [u8; 12], secret: [u8; 22] },
     Foreign(Vec<u8>),
+    Embedded { prefix: Vec<u8>, key: u8 },
     Raw(Vec<u8>),
 }
 
@@ -186,7 +187,7 @@ fuzz_target!(|input: Input| {
     check_store_calls(&asked, &read);
     check_outcome(&response, seen.as_ref(), &asked, &read, &world.keys);
     if let Some((inner_headers, _)) = &seen {
-        check_inner_headers(inner_headers, &headers, input.keep_foreign);
+        check_inner_headers(inner_headers, &headers, input.keep_foreign, &world.keys);
     }
     check_no_secret_in_response(&response, &headers, &world.keys);
 });
@@ -299,6 +300,7 @@ fn credential_bytes(credential: &Credential, keys: &[FixtureKey]) -> Vec<u8> {
             assemble(&id.map(base62), &secret.map(base62), public_checksum).into_bytes()
         }
         Credential::Foreign(rest) => [b"sk-".as_slice(), rest].concat(),
+        Credential::Embedded { prefix, key: index } => [prefix.clone(), key(index)].concat(),
         Credential::Raw(bytes) => bytes.clone(),
     }
 }
@@ -412,7 +414,12 @@ fn check_outcome(
 
 /// The inner service never sees our key: without the keep option, no credential
 /// header at all; with it, exactly the values that were not ours, in order.
-fn check_inner_headers(inner: &HeaderMap, sent: &HeaderMap, keep_foreign: bool) {
+fn check_inner_headers(
+    inner: &HeaderMap,
+    sent: &HeaderMap,
+    keep_foreign: bool,
+    keys: &[FixtureKey],
+) {
     for name in [
         http::header::AUTHORIZATION,
         HeaderName::from_static("x-api-key"),
@@ -426,9 +433,17 @@ fn check_inner_headers(inner: &HeaderMap, sent: &HeaderMap, keep_foreign: bool) 
             .get_all(&name)
             .iter()
             .map(HeaderValue::as_bytes)
-            .filter(|value| !is_ours(&name, value))
+            .filter(|value| !holds_our_key(value))
             .collect();
 
+        for value in &reached {
+            for key in keys {
+                assert!(
+                    !contains(value, key.text.as_bytes()),
+                    "{name}: a whole key went on"
+                );
+            }
+        }
         if keep_foreign {
             assert_eq!(
                 reached, foreign,
@@ -440,17 +455,13 @@ fn check_inner_headers(inner: &HeaderMap, sent: &HeaderMap, keep_foreign: bool) 
     }
 }
 
-/// Whether a credential header value carries a `cm-` credential, in either form.
-fn is_ours(name: &HeaderName, value: &[u8]) -> bool {
-    let value = value.trim_ascii();
-    if name == "x-api-key" {
-        return value.starts_with(b"cm-");
-    }
-    let Some(split) = value.iter().position(|&b| b == b' ' || b == b'\t') else {
-        return false;
-    };
-    let (scheme, rest) = value.split_at(split);
-    scheme.eq_ignore_ascii_case(b"bearer") && rest.trim_ascii().starts_with(b"cm-")
+/// Whether a header value holds our key as the crate documents it: a token that
+/// starts with `cm-`, or a key-shaped run anywhere.
+fn holds_our_key(value: &[u8]) -> bool {
+    value
+        .split(|&byte| byte == b' ' || byte == b'\t')
+        .any(|token| token.starts_with(b"cm-"))
+        || value.windows(KEY_LEN).any(has_documented_shape)
 }
 
 fn check_no_secret_in_response(response: &Response<Bytes>, sent: &HeaderMap, keys: &[FixtureKey]) {
