@@ -643,3 +643,85 @@ fn owned_keys_live_in_wiping_wrappers() {
     assert!(std::mem::needs_drop::<crossmodel_auth::ApiKey>());
     assert!(std::mem::needs_drop::<SigningSecret>());
 }
+
+/// The SQLite store behind the cache: its own logs (and sqlx's, at TRACE, from
+/// whatever thread they come) and the `Debug` of both stores show neither the secret
+/// nor its digest. The subscriber is global here because sqlx runs SQLite on a
+/// worker thread of its own.
+#[test]
+fn a_database_store_behind_the_cache_logs_no_secret() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let path = std::env::temp_dir().join(format!("crossmodel-no-leak-{}.db", std::process::id()));
+    let url = format!("sqlite://{}", path.display());
+    let shown = runtime.block_on(async {
+        let sqlite = crossmodel_auth::SqliteKeyStore::open(&url).await.unwrap();
+        let created = sqlite.create_key(NewKey::for_user("alice")).await.unwrap();
+        let disabled = sqlite.create_key(NewKey::for_user("alice")).await.unwrap();
+        sqlite.disable_key(&disabled.key.id()).await.unwrap();
+        let cache = crossmodel_auth::CachedKeyStore::new(sqlite.clone());
+        let layer = ApiKeyLayer::new(cache.clone());
+
+        let whole = created.key.expose().to_owned();
+        let mut wrong = whole.clone().into_bytes();
+        wrong[20] = if wrong[20] == b'x' { b'y' } else { b'x' };
+        let wrong = String::from_utf8(wrong).unwrap();
+        let presented = [whole.clone(), wrong, disabled.key.expose().to_owned()];
+
+        let mut statuses = Vec::new();
+        for key in presented.iter().chain(presented.iter()) {
+            let request = Request::get("/v1/models")
+                .header("authorization", format!("Bearer {key}"))
+                .body(())
+                .unwrap();
+            let inner = tower::service_fn(|_: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(Bytes::new()))
+            });
+            let response = layer.clone().layer(inner).oneshot(request).await.unwrap();
+            statuses.push(response.status().as_u16());
+        }
+        assert_eq!(statuses, [200, 401, 401, 200, 401, 401]);
+        sqlite.flush().await.unwrap();
+        let listed = sqlite.list_keys().await.unwrap();
+
+        let secrets = [
+            created.key.expose()[16..38].to_owned(),
+            disabled.key.expose()[16..38].to_owned(),
+        ];
+        let digests = [
+            created.key.digest().to_hex(),
+            disabled.key.digest().to_hex(),
+        ];
+        let text = format!(
+            "{sqlite:?}\n{cache:?}\n{created:?}\n{listed:?}\n{}",
+            logs.take()
+        );
+        sqlite.close().await.unwrap();
+        (text, secrets, digests)
+    });
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+
+    let (text, secrets, digests) = shown;
+    assert!(
+        text.contains("sqlx") || text.contains("crossmodel_auth"),
+        "nothing was logged"
+    );
+    for secret in secrets.iter().chain(&digests) {
+        assert!(
+            !text.contains(secret.as_str()),
+            "a secret or digest was shown:\n{text}"
+        );
+    }
+}
