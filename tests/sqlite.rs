@@ -2,9 +2,10 @@
 //! connection pool on the same file (as a second process has), a process killed
 //! while it writes, changes from elsewhere reaching a cache, and the first key.
 //!
-//! The kill test re-runs this test binary as the writer:
+//! Two tests re-run this test binary as a second process:
 //! `child_writes_keys_until_killed` does nothing unless `CROSSMODEL_SQLITE_CHILD_DB`
-//! names a database.
+//! names a database, and `child_disables_a_key` nothing unless
+//! `CROSSMODEL_SQLITE_CHILD_DISABLE` holds a database path and a key id.
 
 #![allow(clippy::unwrap_used)]
 
@@ -24,6 +25,8 @@ use crossmodel_auth::{
 };
 
 const CHILD_DB_VAR: &str = "CROSSMODEL_SQLITE_CHILD_DB";
+
+const CHILD_DISABLE_VAR: &str = "CROSSMODEL_SQLITE_CHILD_DISABLE";
 
 /// A database file removed (with its WAL files) when the test is done.
 struct Scratch {
@@ -249,6 +252,53 @@ async fn a_change_from_another_pool_reaches_the_cache() {
         cached.lookup(&id).await.unwrap().unwrap().state == KeyState::Disabled
     })
     .await;
+}
+
+/// The other process of `a_disable_from_another_process_reaches_the_cache`; a
+/// no-op on its own.
+#[tokio::test]
+async fn child_disables_a_key() {
+    let Ok(task) = std::env::var(CHILD_DISABLE_VAR) else {
+        return;
+    };
+    let (path, id) = task.rsplit_once(' ').unwrap();
+    let store = SqliteKeyStore::open(&format!("sqlite://{path}"))
+        .await
+        .unwrap();
+
+    store.disable_key(&id.parse().unwrap()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_disable_from_another_process_reaches_the_cache() {
+    let scratch = Scratch::new();
+    let cached = CachedKeyStore::new(scratch.open().await).ttl(Duration::from_secs(300));
+    let created = cached.create_key(NewKey::for_user("alice")).await.unwrap();
+    let verifier = Verifier::new(cached.clone());
+    let id = created.key.id();
+    eventually("the key is cached", || async {
+        verifier.verify(created.key.expose()).await.unwrap();
+        cached.lookup_now(&id).is_some()
+    })
+    .await;
+
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["child_disables_a_key", "--exact"])
+        .env(
+            CHILD_DISABLE_VAR,
+            format!("{} {id}", scratch.path.display()),
+        )
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    eventually("the running process rejects the key", || async {
+        verifier.verify(created.key.expose()).await.is_err()
+    })
+    .await;
+    let rejection = verifier.verify(created.key.expose()).await.unwrap_err();
+    assert_eq!(rejection.kind().code(), "api_key_inactive");
 }
 
 #[tokio::test]

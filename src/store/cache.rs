@@ -1,60 +1,5 @@
 //! A bounded cache in front of any [`KeyStore`], so that most requests never reach
 //! the database.
-//!
-//! - Found records are kept for a TTL (60 s by default), unknown ids for a shorter
-//!   one (5 s), at most `capacity` entries in all (10,000), least recently used
-//!   first out (moka's TinyLFU).
-//! - Many lookups of one uncached id at once make one call to the inner store; the
-//!   others wait for its answer.
-//! - A store error is never cached: the next lookup asks again.
-//! - A cached record is still judged on every request: the verifier checks state
-//!   and expiry each time, so a key whose expiry passes while cached is rejected.
-//! - When the inner store reports changes ([`KeyStore::watch_changes`]: the SQLite
-//!   and PostgreSQL stores do, including changes made by other processes), the
-//!   cache drops what changed by itself. Changes made through the cache's own
-//!   [`KeyManager`] methods drop their entries at once.
-//!
-//! # Why `moka::sync` and not `moka::future`
-//!
-//! A hit must be answered through [`KeyStore::lookup_now`]: synchronously, without
-//! boxing a future or arming the layer's deadline timer. `moka::future::Cache`
-//! offers only an async `get`, so entries live in a `moka::sync::Cache`, whose
-//! `get` never blocks on I/O, and misses are coalesced here with a map of in-flight
-//! lookups, each a Tokio `OnceCell` that the first caller fills and the others
-//! await.
-//!
-//! # When the inner store is down
-//!
-//! Entries already cached keep being served until their TTL ends; a miss (and any
-//! entry past its TTL) gets the store's error, which the layer answers with 503.
-//! This keeps a database outage from turning into a gateway outage for every
-//! caller seen in the last TTL, and it costs little: while the database is down
-//! no one can revoke a key in it either. A change made just before the outage
-//! whose notice was lost is covered by the PostgreSQL store, which tells the cache
-//! to drop everything once its listener reconnects, and otherwise by the TTL.
-//!
-//! # Example
-//!
-//! ```
-//! use std::time::Duration;
-//!
-//! use crossmodel_auth::{ApiKeyLayer, CachedKeyStore, MemoryKeyStore};
-//!
-//! let store = CachedKeyStore::new(MemoryKeyStore::new())
-//!     .capacity(50_000)
-//!     .ttl(Duration::from_secs(300))
-//!     .negative_ttl(Duration::from_secs(10));
-//! let layer = ApiKeyLayer::new(store);
-//! ```
-//!
-//! # Limitations
-//!
-//! - Over a store that does not report changes (a custom store, or one changed
-//!   behind its back), a change is seen when the entry's TTL ends.
-//! - Dropping a user's keys scans the cache (`invalidate_user`): cheap for the
-//!   thousands of entries a gateway holds, linear in the capacity.
-//! - While any invalidation is running, lookups already in flight answer their
-//!   callers but are not cached, so a burst of changes briefly means more misses.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,8 +32,60 @@ const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// A bounded, TTL cache around a [`KeyStore`]. Cheap to clone: clones share the
 /// cache.
 ///
-/// See the [module docs](self) for what is cached, for how long, and what happens
-/// when the inner store fails.
+/// - Found records are kept for a TTL (60 s by default), unknown ids for a shorter
+///   one (5 s), at most `capacity` entries in all (10,000), least recently used
+///   first out (moka's TinyLFU).
+/// - Many lookups of one uncached id at once make one call to the inner store; the
+///   others wait for its answer.
+/// - A store error is never cached: the next lookup asks again.
+/// - A cached record is still judged on every request: the verifier checks state
+///   and expiry each time, so a key whose expiry passes while cached is rejected.
+/// - When the inner store reports changes ([`KeyStore::watch_changes`]: the SQLite
+///   and PostgreSQL stores do, including changes made by other processes), the
+///   cache drops what changed by itself. Changes made through the cache's own
+///   [`KeyManager`] methods drop their entries at once.
+///
+/// # Why `moka::sync` and not `moka::future`
+///
+/// A hit must be answered through [`KeyStore::lookup_now`]: synchronously, without
+/// boxing a future or arming the layer's deadline timer. `moka::future::Cache`
+/// offers only an async `get`, so entries live in a `moka::sync::Cache`, whose
+/// `get` never blocks on I/O, and misses are coalesced here with a map of in-flight
+/// lookups, each a Tokio `OnceCell` that the first caller fills and the others
+/// await.
+///
+/// # When the inner store is down
+///
+/// Entries already cached keep being served until their TTL ends; a miss (and any
+/// entry past its TTL) gets the store's error, which the layer answers with 503.
+/// This keeps a database outage from turning into a gateway outage for every
+/// caller seen in the last TTL, and it costs little: while the database is down
+/// no one can revoke a key in it either. A change made just before the outage
+/// whose notice was lost is covered by the PostgreSQL store, which tells the cache
+/// to drop everything once its listener reconnects, and otherwise by the TTL.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use crossmodel_auth::{ApiKeyLayer, CachedKeyStore, MemoryKeyStore};
+///
+/// let store = CachedKeyStore::new(MemoryKeyStore::new())
+///     .capacity(50_000)
+///     .ttl(Duration::from_secs(300))
+///     .negative_ttl(Duration::from_secs(10));
+/// let layer = ApiKeyLayer::new(store);
+/// ```
+///
+/// # Limitations
+///
+/// - Over a store that does not report changes (a custom store, or one changed
+///   behind its back), a change is seen when the entry's TTL ends.
+/// - Dropping a user's keys scans the cache (`invalidate_user`): cheap for the
+///   thousands of entries a gateway holds, linear in the capacity.
+/// - While any invalidation is running, lookups already in flight answer their
+///   callers but are not cached, so a burst of changes briefly means more misses.
 pub struct CachedKeyStore<S> {
     shared: Arc<Shared<S>>,
 }

@@ -1,62 +1,4 @@
 //! A store in PostgreSQL, shared by many gateway replicas.
-//!
-//! # Schema
-//!
-//! Created by the migration
-//! `migrations/postgres/20261204000001_crossmodel_auth_keys.sql`, run by
-//! [`PostgresKeyStore::connect`] under sqlx's advisory lock, so replicas starting
-//! together migrate once. Stable, so other programs may write it:
-//!
-//! | table | column | type | meaning |
-//! | --- | --- | --- | --- |
-//! | `crossmodel_users` | `id` | `text` primary key | 1 to 128 visible ASCII characters |
-//! | | `state` | `text` | `active` or `disabled` |
-//! | `crossmodel_keys` | `id` | `text` primary key | the 12-character key id |
-//! | | `digest` | `bytea`, 32 bytes | SHA-256 of the 22-character secret ([`KeyDigest`](crate::KeyDigest)) |
-//! | | `name` | `text` | display name |
-//! | | `state` | `text` | `active`, `disabled` or `revoked` |
-//! | | `expires_at` | `timestamptz` or null | when the key stops working |
-//! | | `created_at` | `timestamptz` | |
-//! | | `last_used_at` | `timestamptz` or null | written in batches (below) |
-//! | | `user_id` | `text` | references `crossmodel_users (id)` |
-//! | | `metadata` | `jsonb` | a JSON object, or `null` |
-//! | `crossmodel_meta` | `name`, `value` | `text`, `bigint` | bookkeeping |
-//!
-//! A user row must exist before its keys; a deleted key is a removed row.
-//!
-//! # Revocation across replicas
-//!
-//! Triggers on both tables send `pg_notify('crossmodel_auth', …)` for every change
-//! that matters to a lookup — whoever writes, replica or `psql` — with the payload
-//! `key:<id>`, `user:<id>` or `all`. Each store keeps one connection listening on
-//! that channel and tells whoever [watches it](KeyStore::watch_changes): a
-//! `CachedKeyStore` drops the key, the user's keys, or everything. When the
-//! listening connection drops, the store reconnects (retrying every second by
-//! default) and, since notices may have been missed meanwhile, tells watchers to
-//! drop everything once it listens again.
-//!
-//! A lookup is one prepared query (keys joined with users): one round trip.
-//!
-//! # Last use
-//!
-//! [`record_use`](KeyStore::record_use) only notes the time in memory; a background
-//! task writes the notes every 30 s by default, in one statement for all keys.
-//! [`flush`](PostgresKeyStore::flush) writes them at once, and
-//! [`close`](PostgresKeyStore::close) flushes before closing. Listings include
-//! uses not yet written.
-//!
-//! # Limitations
-//!
-//! - Uses recorded in the last flush interval are lost if the process ends without
-//!   [`close`](PostgresKeyStore::close) or [`flush`](PostgresKeyStore::flush).
-//! - The listener holds one connection of its own, beside the pool.
-//! - Connection poolers in transaction mode (PgBouncer) do not carry LISTEN: point
-//!   the store at the server, or at a session-mode pool.
-//! - The migration is recorded in sqlx's `_sqlx_migrations` table; an application
-//!   that runs its own sqlx migrations on the same database must ignore versions
-//!   it does not know (`Migrator::set_ignore_missing`).
-//! - Background tasks run on the Tokio runtime that connected the store and stop
-//!   when the last clone of the store is dropped.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -229,7 +171,67 @@ impl PostgresOptions {
 /// Keys and users in PostgreSQL, for many replicas. Cheap to clone: clones share
 /// one pool and one listener.
 ///
-/// See the [module docs](self) for the schema, notifications and limitations.
+/// # Schema
+///
+/// Created by the migration
+/// `migrations/postgres/20261204000001_crossmodel_auth_keys.sql`, run by
+/// [`PostgresKeyStore::connect`] under sqlx's advisory lock, so replicas starting
+/// together migrate once. Stable, so other programs may write it:
+///
+/// | table | column | type | meaning |
+/// | --- | --- | --- | --- |
+/// | `crossmodel_users` | `id` | `text` primary key | 1 to 128 visible ASCII characters |
+/// | | `state` | `text` | `active` or `disabled` |
+/// | `crossmodel_keys` | `id` | `text` primary key | the 12-character key id |
+/// | | `digest` | `bytea`, 32 bytes | SHA-256 of the 22-character secret ([`KeyDigest`](crate::KeyDigest)) |
+/// | | `name` | `text` | display name |
+/// | | `state` | `text` | `active`, `disabled` or `revoked` |
+/// | | `expires_at` | `timestamptz` or null | when the key stops working |
+/// | | `created_at` | `timestamptz` | |
+/// | | `last_used_at` | `timestamptz` or null | written in batches (below) |
+/// | | `user_id` | `text` | references `crossmodel_users (id)` |
+/// | | `metadata` | `jsonb` | a JSON object, or `null` |
+/// | `crossmodel_meta` | `name`, `value` | `text`, `bigint` | bookkeeping |
+///
+/// A user row must exist before its keys; a deleted key is a removed row.
+///
+/// # Revocation across replicas
+///
+/// Triggers on both tables send `pg_notify('crossmodel_auth', …)` for every change
+/// that matters to a lookup — whoever writes, replica or `psql` — with the payload
+/// `key:<id>`, `user:<id>` or `all`. Each store keeps one connection listening on
+/// that channel and tells whoever [watches it](KeyStore::watch_changes): a
+/// `CachedKeyStore` drops the key, the user's keys, or everything. When the
+/// listening connection drops, the store reconnects (retrying every second by
+/// default) and, since notices may have been missed meanwhile, tells watchers to
+/// drop everything once it listens again.
+///
+/// A lookup is one prepared query (keys joined with users): one round trip.
+///
+/// # Last use
+///
+/// [`record_use`](KeyStore::record_use) only notes the time in memory; a background
+/// task writes the notes every 30 s by default, in one statement for all keys.
+/// [`flush`](PostgresKeyStore::flush) writes them at once, and
+/// [`close`](PostgresKeyStore::close) flushes before closing. Listings include
+/// uses not yet written.
+///
+/// # Limitations
+///
+/// - Uses recorded in the last flush interval are lost if the process ends without
+///   [`close`](PostgresKeyStore::close) or [`flush`](PostgresKeyStore::flush).
+/// - The listener holds one connection of its own, beside the pool.
+/// - The acquire timeout bounds waiting for a connection, and the statement timeout
+///   is enforced by the server; a connection whose server vanished mid-query is
+///   bounded only by the layer's deadline (and TCP keepalive), so keep that
+///   deadline.
+/// - Connection poolers in transaction mode (PgBouncer) do not carry LISTEN: point
+///   the store at the server, or at a session-mode pool.
+/// - The migration is recorded in sqlx's `_sqlx_migrations` table; an application
+///   that runs its own sqlx migrations on the same database must ignore versions
+///   it does not know (`Migrator::set_ignore_missing`).
+/// - Background tasks run on the Tokio runtime that connected the store and stop
+///   when the last clone of the store is dropped.
 ///
 /// # Example
 ///

@@ -1,63 +1,4 @@
 //! A store in one SQLite file: the embedded default.
-//!
-//! # Schema
-//!
-//! Created by the migration `migrations/sqlite/20261204000001_crossmodel_auth_keys.sql`
-//! (run by [`SqliteKeyStore::open`]); stable, so other programs may write it:
-//!
-//! | table | column | type | meaning |
-//! | --- | --- | --- | --- |
-//! | `crossmodel_users` | `id` | `TEXT` primary key | 1 to 128 visible ASCII characters |
-//! | | `state` | `TEXT` | `active` or `disabled` |
-//! | `crossmodel_keys` | `id` | `TEXT` primary key | the 12-character key id |
-//! | | `digest` | `BLOB`, 32 bytes | SHA-256 of the 22-character secret ([`KeyDigest`](crate::KeyDigest)) |
-//! | | `name` | `TEXT` | display name |
-//! | | `state` | `TEXT` | `active`, `disabled` or `revoked` |
-//! | | `expires_at` | `INTEGER` or null | µs since the Unix epoch |
-//! | | `created_at` | `INTEGER` | µs since the Unix epoch |
-//! | | `last_used_at` | `INTEGER` or null | µs since the Unix epoch |
-//! | | `user_id` | `TEXT` | references `crossmodel_users (id)` |
-//! | | `metadata` | `TEXT` | a JSON object, or `null` |
-//! | `crossmodel_meta` | `name`, `value` | `TEXT`, `INTEGER` | bookkeeping (below) |
-//!
-//! A user row must exist before its keys; a deleted key is a removed row.
-//!
-//! # Durability and other processes
-//!
-//! The file is opened in WAL mode with `synchronous = FULL`: a key whose creation
-//! returned is on disk, even if the process is killed the next instant. Other
-//! processes (the gateway's command line while the server runs) may use the same
-//! file at once; a writer waits up to the busy timeout (5 s by default) for
-//! another.
-//!
-//! Triggers count every change that matters to a lookup in `crossmodel_meta`
-//! (`change_counter`), whoever makes it. A background task reads that one row a few
-//! times a second (every 250 ms by default) and, when it moved, tells whoever
-//! [watches the store](KeyStore::watch_changes) — a `CachedKeyStore` drops its
-//! whole cache — so a key disabled from another process stops working within
-//! about a quarter of a second.
-//!
-//! # Last use
-//!
-//! [`record_use`](KeyStore::record_use) only notes the time in memory; a background
-//! task writes the notes every 30 s by default, one write per key, in one
-//! transaction. [`flush`](SqliteKeyStore::flush) writes them at once, and
-//! [`close`](SqliteKeyStore::close) flushes before closing. Listings include
-//! uses not yet written.
-//!
-//! # Limitations
-//!
-//! - Uses recorded in the last flush interval are lost if the process ends without
-//!   [`close`](SqliteKeyStore::close) or [`flush`](SqliteKeyStore::flush).
-//! - A change made by another process drops the whole cache of every process on
-//!   the file, not only the changed key: the counter does not say which changed.
-//! - The migration is recorded in sqlx's `_sqlx_migrations` table; an application
-//!   that runs its own sqlx migrations on the same file must ignore versions it
-//!   does not know (`Migrator::set_ignore_missing`).
-//! - `sqlite::memory:` gives every pooled connection its own empty database: use a
-//!   file.
-//! - Background tasks run on the Tokio runtime that opened the store and stop
-//!   when the last clone of the store is dropped.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -196,7 +137,64 @@ impl SqliteOptions {
 /// Keys and users in one SQLite file that survives restarts. Cheap to clone:
 /// clones share one connection pool.
 ///
-/// See the [module docs](self) for the schema, durability and limitations.
+/// # Schema
+///
+/// Created by the migration `migrations/sqlite/20261204000001_crossmodel_auth_keys.sql`
+/// (run by [`SqliteKeyStore::open`]); stable, so other programs may write it:
+///
+/// | table | column | type | meaning |
+/// | --- | --- | --- | --- |
+/// | `crossmodel_users` | `id` | `TEXT` primary key | 1 to 128 visible ASCII characters |
+/// | | `state` | `TEXT` | `active` or `disabled` |
+/// | `crossmodel_keys` | `id` | `TEXT` primary key | the 12-character key id |
+/// | | `digest` | `BLOB`, 32 bytes | SHA-256 of the 22-character secret ([`KeyDigest`](crate::KeyDigest)) |
+/// | | `name` | `TEXT` | display name |
+/// | | `state` | `TEXT` | `active`, `disabled` or `revoked` |
+/// | | `expires_at` | `INTEGER` or null | µs since the Unix epoch |
+/// | | `created_at` | `INTEGER` | µs since the Unix epoch |
+/// | | `last_used_at` | `INTEGER` or null | µs since the Unix epoch |
+/// | | `user_id` | `TEXT` | references `crossmodel_users (id)` |
+/// | | `metadata` | `TEXT` | a JSON object, or `null` |
+/// | `crossmodel_meta` | `name`, `value` | `TEXT`, `INTEGER` | bookkeeping (below) |
+///
+/// A user row must exist before its keys; a deleted key is a removed row.
+///
+/// # Durability and other processes
+///
+/// The file is opened in WAL mode with `synchronous = FULL`: a key whose creation
+/// returned is on disk, even if the process is killed the next instant. Other
+/// processes (the gateway's command line while the server runs) may use the same
+/// file at once; a writer waits up to the busy timeout (5 s by default) for
+/// another.
+///
+/// Triggers count every change that matters to a lookup in `crossmodel_meta`
+/// (`change_counter`), whoever makes it. A background task reads that one row a few
+/// times a second (every 250 ms by default) and, when it moved, tells whoever
+/// [watches the store](KeyStore::watch_changes) — a `CachedKeyStore` drops its
+/// whole cache — so a key disabled from another process stops working within
+/// about a quarter of a second.
+///
+/// # Last use
+///
+/// [`record_use`](KeyStore::record_use) only notes the time in memory; a background
+/// task writes the notes every 30 s by default, one write per key, in one
+/// transaction. [`flush`](SqliteKeyStore::flush) writes them at once, and
+/// [`close`](SqliteKeyStore::close) flushes before closing. Listings include
+/// uses not yet written.
+///
+/// # Limitations
+///
+/// - Uses recorded in the last flush interval are lost if the process ends without
+///   [`close`](SqliteKeyStore::close) or [`flush`](SqliteKeyStore::flush).
+/// - A change made by another process drops the whole cache of every process on
+///   the file, not only the changed key: the counter does not say which changed.
+/// - The migration is recorded in sqlx's `_sqlx_migrations` table; an application
+///   that runs its own sqlx migrations on the same file must ignore versions it
+///   does not know (`Migrator::set_ignore_missing`).
+/// - `sqlite::memory:` gives every pooled connection its own empty database: use a
+///   file.
+/// - Background tasks run on the Tokio runtime that opened the store and stop
+///   when the last clone of the store is dropped.
 ///
 /// # Example
 ///
