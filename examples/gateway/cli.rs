@@ -71,8 +71,8 @@ pub(crate) enum KeysCommand {
         user: String,
 
         /// A name to recognise the key by in listings.
-        #[arg(long, default_value = "", value_name = "NAME")]
-        name: String,
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
 
         /// How long the key works: an integer followed by s, m, h or d (`30d`).
         #[arg(long, value_parser = parse_duration, value_name = "DUR")]

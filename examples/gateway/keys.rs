@@ -72,10 +72,10 @@ pub(crate) async fn run_users(
 async fn create(
     store: &impl KeyManager,
     user: String,
-    name: String,
+    name: Option<String>,
     expires_in: Option<Duration>,
 ) -> Result<(), String> {
-    let mut new = NewKey::for_user(user).name(name);
+    let mut new = NewKey::for_user(user).name(name.unwrap_or_default());
     if let Some(expires_in) = expires_in {
         let at = SystemTime::now()
             .checked_add(expires_in)
@@ -225,6 +225,8 @@ fn report(result: Result<(), StoreError>, verb: &str, id: KeyId, done: &str) -> 
         Err(error) if error.kind() == StoreErrorKind::NotFound => {
             Err(format!("no key with id {id}; `keys list` shows the ids"))
         }
+        // The store's own message names the key and the way out.
+        Err(error) if error.kind() == StoreErrorKind::Conflict => Err(describe(&error)),
         Err(error) => Err(format!("cannot {verb} key {id}: {}", describe(&error))),
     }
 }

@@ -38,6 +38,7 @@ const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Runs the server until Ctrl-C or SIGTERM.
 pub(crate) async fn run(store: impl Database, args: ServeArgs) -> Result<(), String> {
+    let shutdown = shutdown_signal()?;
     announce_first_key(&store).await?;
 
     let catalog = Arc::new(Catalog::new(args.models));
@@ -53,7 +54,7 @@ pub(crate) async fn run(store: impl Database, args: ServeArgs) -> Result<(), Str
     // (from this process or any other), so a disabled key is refused within a second.
     let app = app(catalog, CachedKeyStore::new(store.clone()));
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await;
 
     // Last-use times are written in batches; keep the last batch.
@@ -187,26 +188,23 @@ async fn request_id(mut request: Request, next: Next) -> Response<Body> {
     response
 }
 
-/// Resolves on Ctrl-C or SIGTERM; requests in flight then finish.
-async fn shutdown_signal() {
-    let interrupt = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                terminate.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
+/// Listens for Ctrl-C (SIGINT) and SIGTERM from now on; the future resolves on
+/// either, and requests in flight then finish. Installed before the server says it
+/// listens, so that a signal sent right after never meets the default handler.
+fn shutdown_signal() -> Result<impl Future<Output = ()>, String> {
+    use tokio::signal::unix::{SignalKind, signal};
 
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
+    let listen = |kind: SignalKind| {
+        signal(kind).map_err(|error| format!("cannot listen for shutdown signals: {error}"))
+    };
+    let mut interrupt = listen(SignalKind::interrupt())?;
+    let mut terminate = listen(SignalKind::terminate())?;
+
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down");
+    })
 }
