@@ -23,10 +23,11 @@ fn admin_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
 }
 
-/// A database of its own, dropped by `finish`.
+/// A database of its own, dropped by `finish`, or on drop when a test failed.
 struct Scratch {
     name: String,
     url: String,
+    finished: bool,
 }
 
 impl Scratch {
@@ -58,7 +59,11 @@ impl Scratch {
         };
         let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
         let url = format!("{server}/{name}{query}");
-        Self { name, url }
+        Self {
+            name,
+            url,
+            finished: false,
+        }
     }
 
     async fn open(&self) -> PostgresKeyStore {
@@ -69,11 +74,36 @@ impl Scratch {
         PgConnection::connect(&self.url).await.unwrap()
     }
 
-    async fn finish(self) {
-        let mut connection = PgConnection::connect(&admin_url()).await.unwrap();
-        let drop = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        sqlx::query(&drop).execute(&mut connection).await.unwrap();
+    async fn finish(mut self) {
+        drop_database(&self.name).await;
+        self.finished = true;
     }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // A failed test unwinds inside its runtime: drop the database from a
+        // thread with a runtime of its own.
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(drop_database(&name));
+        });
+        let _ = dropped.join();
+    }
+}
+
+async fn drop_database(name: &str) {
+    let mut connection = PgConnection::connect(&admin_url()).await.unwrap();
+    let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+    sqlx::query(&drop).execute(&mut connection).await.unwrap();
+    connection.close().await.unwrap();
 }
 
 async fn fresh() -> (PostgresKeyStore, Scratch) {

@@ -149,6 +149,29 @@ async fn everything_survives_a_restart() {
     assert_eq!(rejection.kind().code(), "api_key_inactive");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_opening_a_fresh_file_together_all_succeed() {
+    let scratch = Scratch::new();
+    let url = scratch.url();
+
+    let openers: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { SqliteKeyStore::open(&url).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for opener in openers {
+        stores.push(opener.await.unwrap().unwrap());
+    }
+
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(stores[0].pool())
+        .await
+        .unwrap();
+    assert_eq!(applied, 1);
+}
+
 #[tokio::test]
 async fn two_pools_on_one_file_write_at_once() {
     let scratch = Scratch::new();
