@@ -410,6 +410,7 @@ impl PostgresKeyStore {
             return Ok(None);
         }
         let user_state = insert_key(&mut tx, &key, &new, now).await.map_err(failed)?;
+        let user_state = sql::user_state(&user_state)?;
         tx.commit().await.map_err(failed)?;
 
         self.changed(StoreChange::Key(key.id()));
@@ -617,13 +618,13 @@ async fn claim_first_key(
     Ok(done.rows_affected() == 1)
 }
 
-/// Inserts the user if new and the key; returns the user's state.
+/// Inserts the user if new and the key; returns the user's state as stored.
 async fn insert_key(
     tx: &mut Transaction<'static, Postgres>,
     key: &crate::key::ApiKey,
     new: &NewKey,
     now: SystemTime,
-) -> Result<UserState, sqlx::Error> {
+) -> Result<String, sqlx::Error> {
     sqlx::query(INSERT_USER)
         .bind(&new.user_id)
         .execute(&mut **tx)
@@ -640,11 +641,10 @@ async fn insert_key(
         .execute(&mut **tx)
         .await?;
 
-    let state: String = sqlx::query_scalar(USER_STATE)
+    sqlx::query_scalar(USER_STATE)
         .bind(&new.user_id)
         .fetch_one(&mut **tx)
-        .await?;
-    Ok(UserState::from_name(&state).unwrap_or(UserState::Disabled))
+        .await
 }
 
 fn key_row(row: &PgRow) -> Result<KeyRecord, StoreError> {

@@ -27,12 +27,6 @@ const MIGRATIONS: &[Embedded] = &[Embedded {
     sql: include_str!("../../migrations/sqlite/20261204000001_crossmodel_auth_keys.sql"),
 }];
 
-const KEY_COLUMNS: &str = "\
-    SELECT k.id, k.digest, k.name, k.state, k.expires_at, k.created_at, k.last_used_at,
-           k.user_id, u.state, k.metadata
-    FROM crossmodel_keys AS k
-    JOIN crossmodel_users AS u ON u.id = k.user_id";
-
 const LOOKUP: &str = "\
     SELECT k.id, k.digest, k.name, k.state, k.expires_at, k.created_at, k.last_used_at,
            k.user_id, u.state, k.metadata
@@ -40,7 +34,12 @@ const LOOKUP: &str = "\
     JOIN crossmodel_users AS u ON u.id = k.user_id
     WHERE k.id = ?1";
 
-const LIST_KEYS_ORDER: &str = " ORDER BY k.created_at, k.rowid";
+const LIST_KEYS: &str = "\
+    SELECT k.id, k.digest, k.name, k.state, k.expires_at, k.created_at, k.last_used_at,
+           k.user_id, u.state, k.metadata
+    FROM crossmodel_keys AS k
+    JOIN crossmodel_users AS u ON u.id = k.user_id
+    ORDER BY k.created_at, k.rowid";
 
 const INSERT_USER: &str = "\
     INSERT INTO crossmodel_users (id) VALUES (?1) ON CONFLICT (id) DO NOTHING";
@@ -376,6 +375,7 @@ impl SqliteKeyStore {
             return Ok(None);
         }
         let user_state = insert_key(&mut tx, &key, &new, now).await.map_err(failed)?;
+        let user_state = sql::user_state(&user_state)?;
         tx.commit().await.map_err(failed)?;
 
         self.changed(StoreChange::Key(key.id()));
@@ -494,8 +494,7 @@ impl KeyManager for SqliteKeyStore {
     }
 
     async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        let query = format!("{KEY_COLUMNS}{LIST_KEYS_ORDER}");
-        let rows = sqlx::query(&query)
+        let rows = sqlx::query(LIST_KEYS)
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|error| db_error("list the keys", error))?;
@@ -580,13 +579,13 @@ async fn claim_first_key(
     Ok(done.rows_affected() == 1)
 }
 
-/// Inserts the user if new and the key; returns the user's state.
+/// Inserts the user if new and the key; returns the user's state as stored.
 async fn insert_key(
     tx: &mut Transaction<'static, Sqlite>,
     key: &crate::key::ApiKey,
     new: &NewKey,
     now: SystemTime,
-) -> Result<UserState, sqlx::Error> {
+) -> Result<String, sqlx::Error> {
     sqlx::query(INSERT_USER)
         .bind(&new.user_id)
         .execute(&mut **tx)
@@ -603,11 +602,10 @@ async fn insert_key(
         .execute(&mut **tx)
         .await?;
 
-    let state: String = sqlx::query_scalar(USER_STATE)
+    sqlx::query_scalar(USER_STATE)
         .bind(&new.user_id)
         .fetch_one(&mut **tx)
-        .await?;
-    Ok(UserState::from_name(&state).unwrap_or(UserState::Disabled))
+        .await
 }
 
 fn key_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
