@@ -531,3 +531,35 @@ async fn the_schema_refuses_digests_of_the_wrong_size() {
     store.close().await.unwrap();
     scratch.finish().await;
 }
+
+#[tokio::test]
+async fn the_listener_ends_with_the_last_clone() {
+    let (store, scratch) = fresh().await;
+    let console = sqlx::PgPool::connect(&scratch.url).await.unwrap();
+    let listeners = || async {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+        )
+        .fetch_one(&console)
+        .await
+        .unwrap();
+        count
+    };
+    eventually("the listener is connected", || async {
+        listeners().await == 1
+    })
+    .await;
+    let clone = store.clone();
+
+    drop(store);
+    assert_eq!(listeners().await, 1, "a clone still holds the store");
+    drop(clone);
+
+    eventually("the listener disconnects", || async {
+        listeners().await == 0
+    })
+    .await;
+    console.close().await;
+    scratch.finish().await;
+}
