@@ -87,6 +87,13 @@
 //!
 //! - `axum`: [`Identity`] as an axum extractor.
 //! - `tower-http`: error responses reuse tower-http's `RequestId` extension.
+//! - `sqlite`: `SqliteKeyStore`, one file, the embedded default (sqlx).
+//! - `postgres`: `PostgresKeyStore`, many replicas sharing one key table, with
+//!   revocation pushed to every replica over LISTEN/NOTIFY (sqlx).
+//! - `cache`: `CachedKeyStore`, a bounded TTL cache around any store, with one store
+//!   call for many concurrent misses of one id (moka).
+//!
+//! The default build depends only on what the middleware itself needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
