@@ -62,10 +62,15 @@ pub(crate) async fn run_users(
             eprintln!("user {user} {done}");
             Ok(())
         }
-        Err(error) if error.kind() == StoreErrorKind::NotFound => {
-            Err(format!("no user `{user}`; `users list` shows the users"))
-        }
-        Err(error) => Err(format!("cannot change user `{user}`: {}", describe(&error))),
+        Err(error) if error.kind() == StoreErrorKind::NotFound => Err(format!(
+            "no user {}; `users list` shows the users",
+            shown_user(&user)
+        )),
+        Err(error) => Err(format!(
+            "cannot change user {}: {}",
+            shown_user(&user),
+            describe(&error)
+        )),
     }
 }
 
@@ -207,6 +212,15 @@ fn print_table<const N: usize>(header: [&str; N], rows: impl Iterator<Item = [St
     line(header);
     for row in &rows {
         line(row.each_ref().map(String::as_str));
+    }
+}
+
+/// A user id as messages show it: a key pasted in the wrong place is not echoed.
+fn shown_user(user: &str) -> String {
+    if user.starts_with("cm-") || user.chars().any(char::is_control) {
+        format!("({} characters, not a user id)", user.chars().count())
+    } else {
+        format!("`{user}`")
     }
 }
 

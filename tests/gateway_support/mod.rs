@@ -15,17 +15,11 @@ use std::time::{Duration, Instant};
 /// How long anything a test waits for may take.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
-/// The gateway binary, built once per test process.
+/// The gateway binary, built once per test process unless `cargo test` has just
+/// built it (it does for a whole-suite run): then no second cargo runs beside it.
 pub fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--all-features", "--example", "gateway"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the gateway example failed");
-
         // tests run from target/<profile>/deps/; examples live beside deps/.
         let test_binary = std::env::current_exe().expect("the test knows its path");
         let profile_dir = test_binary
@@ -33,9 +27,42 @@ pub fn binary() -> &'static Path {
             .and_then(Path::parent)
             .expect("the test binary sits in target/<profile>/deps");
         let binary = profile_dir.join("examples").join("gateway");
+
+        if !is_newer_than_sources(&binary) {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "--all-features", "--example", "gateway"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the gateway example failed");
+        }
         assert!(binary.exists(), "no gateway binary at {}", binary.display());
         binary
     })
+}
+
+/// Whether `binary` was built after the last change to anything it is built from.
+fn is_newer_than_sources(binary: &Path) -> bool {
+    let Ok(built) = binary.metadata().and_then(|meta| meta.modified()) else {
+        return false;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sources = ["src", "examples/gateway", "Cargo.toml", "Cargo.lock"];
+    sources
+        .iter()
+        .all(|source| newest_change(&root.join(source)).is_some_and(|changed| changed < built))
+}
+
+/// The latest modification time under `path` (a file or a directory tree).
+fn newest_change(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = path.metadata().ok()?;
+    let mut newest = meta.modified().ok()?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).ok()?.flatten() {
+            newest = newest.max(newest_change(&entry.path())?);
+        }
+    }
+    Some(newest)
 }
 
 /// A directory removed when dropped.
