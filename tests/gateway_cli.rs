@@ -196,6 +196,39 @@ fn an_unreachable_database_exits_1() {
 }
 
 #[test]
+fn serve_exits_1_when_its_database_cannot_be_opened() {
+    let dir = TempDir::new();
+    let mut child = gateway_support::command(dir.path())
+        .args([
+            "--db",
+            "sqlite:///nonexistent-directory/gateway.db",
+            "serve",
+        ])
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > gateway_support::DEADLINE {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let output = child.wait_with_output().unwrap();
+
+    assert_eq!(status.and_then(|status| status.code()), Some(1));
+    assert!(output.stdout.is_empty());
+    assert_eq!(String::from_utf8_lossy(&output.stderr).lines().count(), 1);
+}
+
+#[test]
 fn the_database_comes_from_crossmodel_db_when_no_flag_names_one() {
     let dir = TempDir::new();
     let db = format!("sqlite://{}", dir.path().join("from-env.db").display());
