@@ -358,3 +358,24 @@ fn ctrl_c_stops_the_server_cleanly() {
 
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn a_closed_standard_output_is_an_error_not_a_panic() {
+    let dir = TempDir::new();
+    let db = dir.sqlite_url();
+    create_key(dir.path(), &db, "alice");
+
+    let mut child = gateway_support::command(dir.path())
+        .args(["--db", &db, "keys", "list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the listing is written, as `| head -0` does.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

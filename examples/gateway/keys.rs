@@ -3,6 +3,7 @@
 //! A new key goes, alone, to standard output; everything else a person reads goes to
 //! standard error. Failures come back as one-line messages for `main` to print.
 
+use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use crossmodel_auth::{
@@ -95,8 +96,9 @@ async fn create(
 
     // The plaintext goes to standard output alone, so `$(gateway keys create …)`
     // captures exactly the key.
-    println!("{}", created.key.expose());
     let record = &created.record;
+    print_out(created.key.expose())
+        .map_err(|error| format!("{error}; key {} was created anyway, revoke it", record.id))?;
     let expiry = record.expires_at.map_or_else(
         || "never expires".to_owned(),
         |at| format!("expires {}", rfc3339(at)),
@@ -117,8 +119,7 @@ async fn list_keys(store: &impl KeyManager, as_json: bool) -> Result<(), String>
 
     if as_json {
         let rows: Vec<_> = keys.iter().map(|key| key_json(key, now)).collect();
-        println!("{}", serde_json::Value::Array(rows));
-        return Ok(());
+        return print_out(&serde_json::Value::Array(rows).to_string());
     }
 
     let rows = keys.iter().map(|key| {
@@ -134,8 +135,7 @@ async fn list_keys(store: &impl KeyManager, as_json: bool) -> Result<(), String>
     print_table(
         ["ID", "NAME", "USER", "STATE", "EXPIRES", "LAST USED"],
         rows,
-    );
-    Ok(())
+    )
 }
 
 async fn list_users(store: &impl KeyManager, as_json: bool) -> Result<(), String> {
@@ -146,8 +146,7 @@ async fn list_users(store: &impl KeyManager, as_json: bool) -> Result<(), String
 
     if as_json {
         let rows: Vec<_> = users.iter().map(user_json).collect();
-        println!("{}", serde_json::Value::Array(rows));
-        return Ok(());
+        return print_out(&serde_json::Value::Array(rows).to_string());
     }
 
     let rows = users.iter().map(|user| {
@@ -157,8 +156,7 @@ async fn list_users(store: &impl KeyManager, as_json: bool) -> Result<(), String
             user.key_count.to_string(),
         ]
     });
-    print_table(["USER", "STATE", "KEYS"], rows);
-    Ok(())
+    print_table(["USER", "STATE", "KEYS"], rows)
 }
 
 fn key_json(key: &KeyRecord, now: SystemTime) -> serde_json::Value {
@@ -192,7 +190,10 @@ fn shown_state(key: &KeyRecord, now: SystemTime) -> &'static str {
     }
 }
 
-fn print_table<const N: usize>(header: [&str; N], rows: impl Iterator<Item = [String; N]>) {
+fn print_table<const N: usize>(
+    header: [&str; N],
+    rows: impl Iterator<Item = [String; N]>,
+) -> Result<(), String> {
     let rows: Vec<[String; N]> = rows.collect();
     let mut widths = header.map(str::len);
     for row in &rows {
@@ -207,12 +208,23 @@ fn print_table<const N: usize>(header: [&str; N], rows: impl Iterator<Item = [St
             .zip(widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        padded.join("  ").trim_end().to_owned()
     };
-    line(header);
-    for row in &rows {
-        line(row.each_ref().map(String::as_str));
-    }
+    let mut lines = vec![line(header)];
+    lines.extend(
+        rows.iter()
+            .map(|row| line(row.each_ref().map(String::as_str))),
+    );
+    print_out(&lines.join("\n"))
+}
+
+/// Writes `text` and a newline to standard output. A closed pipe (`| head`) is an
+/// error to report, not a reason to panic as `println!` would.
+pub(crate) fn print_out(text: &str) -> Result<(), String> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}")
+        .and_then(|()| stdout.flush())
+        .map_err(|error| format!("cannot write to standard output: {error}"))
 }
 
 /// A user id as messages show it: a key pasted in the wrong place is not echoed.

@@ -34,11 +34,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use crossmodel_auth::StoreError;
+use crossmodel_auth::store::{PostgresKeyStore, SqliteKeyStore};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
 use crate::store::{Backend, Database, redact_url};
-use crossmodel_auth::store::{PostgresKeyStore, SqliteKeyStore};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -27,7 +27,7 @@ use tracing::field::Empty;
 use crate::cli::ServeArgs;
 use crate::errors;
 use crate::ids::new_id;
-use crate::keys::describe;
+use crate::keys::{describe, print_out};
 use crate::models::{self, Catalog};
 use crate::store::Database;
 use crate::{anthropic, openai};
@@ -79,7 +79,7 @@ async fn announce_first_key(store: &impl Database) -> Result<(), String> {
              will not be shown again, so store it now",
             created.record.id
         );
-        println!("{}", created.key.expose());
+        print_out(created.key.expose())?;
     }
     Ok(())
 }
