@@ -32,8 +32,9 @@ pub(crate) async fn messages(
     if let Err(message) = check_version(&headers) {
         return invalid(message, &headers);
     }
-    let Ok(body) = body else {
-        return errors::too_large(Api::Anthropic, &headers);
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return errors::unreadable_body(Api::Anthropic, &rejection, &headers),
     };
     let request: Value = match serde_json::from_slice(&body) {
         Ok(request) => request,

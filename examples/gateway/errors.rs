@@ -2,6 +2,7 @@
 //! unknown model or path). Authentication errors come from `ApiKeyLayer`.
 
 use axum::Json;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -76,17 +77,28 @@ pub(crate) fn bad_json(api: Api, error: &serde_json::Error, headers: &HeaderMap)
     }
 }
 
-/// A body larger than the gateway reads.
-pub(crate) fn too_large(api: Api, headers: &HeaderMap) -> Response {
-    let message = "The request body is too large; send at most 2 MB.";
-    match api {
-        Api::OpenAi => openai(StatusCode::PAYLOAD_TOO_LARGE, message, None, None),
-        Api::Anthropic => anthropic(
+/// A body the gateway could not read: larger than it accepts (2 MB), or cut off.
+pub(crate) fn unreadable_body(
+    api: Api,
+    rejection: &BytesRejection,
+    headers: &HeaderMap,
+) -> Response {
+    let (status, anthropic_type, message) = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        (
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",
-            message,
-            headers,
-        ),
+            "The request body is too large; send at most 2 MB.",
+        )
+    } else {
+        (
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "The request body could not be read; send it again.",
+        )
+    };
+    match api {
+        Api::OpenAi => openai(status, message, None, None),
+        Api::Anthropic => anthropic(status, anthropic_type, message, headers),
     }
 }
 

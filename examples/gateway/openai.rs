@@ -32,8 +32,9 @@ pub(crate) async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Ok(body) = body else {
-        return errors::too_large(Api::OpenAi, &headers);
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return errors::unreadable_body(Api::OpenAi, &rejection, &headers),
     };
     let request: Value = match serde_json::from_slice(&body) {
         Ok(request) => request,
