@@ -113,11 +113,13 @@ fn new_request_id() -> HeaderValue {
 
     let keys = KEYS.get_or_init(RandomState::new);
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut bits = [keys.hash_one((count, 0u8)), keys.hash_one((count, 1u8))];
+    // Eight digits per 64-bit word: 62⁸ is far below 2⁶⁴, so every digit is close to
+    // uniform and none is stuck at zero.
+    let mut bits = [0u8, 1, 2].map(|part| keys.hash_one((count, part)));
 
     let mut id = *b"req_000000000000000000000000";
     for (index, slot) in id[4..].iter_mut().enumerate() {
-        let word = &mut bits[index / 12];
+        let word = &mut bits[index / 8];
         *slot = BASE62[(*word % 62) as usize];
         *word /= 62;
     }
@@ -143,6 +145,17 @@ mod tests {
         assert_eq!(text.len(), 28);
         assert!(text.starts_with("req_"));
         assert!(text[4..].bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn every_position_of_new_ids_varies() {
+        let ids: Vec<HeaderValue> = (0..200).map(|_| new_request_id()).collect();
+
+        for position in 4..28 {
+            let first = ids[0].as_bytes()[position];
+            let varies = ids.iter().any(|id| id.as_bytes()[position] != first);
+            assert!(varies, "position {position} is the same in 200 ids");
+        }
     }
 
     #[test]
