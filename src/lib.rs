@@ -73,7 +73,7 @@
 //! - Nothing this crate logs, prints or formats shows more of a key than `cm-`, the
 //!   id of a checksum-valid key and its last four characters. Request paths are
 //!   logged without their query string.
-//! - A failing or slow store is answered with 503, never 401 and never by letting the
+//! - A failing, slow or panicking store is answered with 503, never 401 and never by letting the
 //!   request through.
 //!
 //! # Limitations
@@ -117,13 +117,13 @@ pub use key::{ApiKey, KeyDigest, KeyFormat, KeyId, PresentedKey, SigningSecret};
 pub use layer::ApiKeyLayer;
 pub use rejection::{JsonEnvelope, Rejection, RejectionKind, RenderRejection, RenderedBody};
 pub use service::ApiKeyService;
+#[cfg(feature = "cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
+pub use store::CachedKeyStore;
 pub use store::{
     ChangeWatcher, CreatedKey, KeyManager, KeyRecord, KeyState, KeyStore, MemoryKeyStore, NewKey,
     StoreChange, StoreError, StoreErrorKind, UserRecord, UserState,
 };
-#[cfg(feature = "cache")]
-#[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
-pub use store::CachedKeyStore;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::{PostgresKeyStore, PostgresOptions};

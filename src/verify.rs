@@ -7,9 +7,13 @@
 //! 4. Only then look at state: key inactive, then user inactive.
 
 use std::future::Future;
+use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
+
+use pin_project_lite::pin_project;
 
 use crate::header::{Envelope, trim};
 use crate::identity::Identity;
@@ -161,14 +165,21 @@ impl<S: KeyStore> Verifier<S> {
     }
 
     /// Step 2, when the store can answer without waiting.
+    ///
+    /// A store that panics is a store that failed: the request gets a 503 instead of
+    /// a dropped connection.
     pub(crate) fn lookup_now(&self, id: &KeyId) -> Option<LookupResult> {
-        self.store.lookup_now(id)
+        panic::catch_unwind(AssertUnwindSafe(|| self.store.lookup_now(id)))
+            .unwrap_or_else(|_| Some(Err(store_panicked())))
     }
 
-    /// Step 2, the waiting kind: a boxed store call that owns what it needs.
+    /// Step 2, the waiting kind: a boxed store call that owns what it needs, with
+    /// a panic inside it turned into a store failure.
     pub(crate) fn lookup_owned(&self, id: KeyId) -> LookupFuture {
         let store = Arc::clone(&self.store);
-        Box::pin(async move { store.lookup(&id).await })
+        Box::pin(PanicAsFailure {
+            future: async move { store.lookup(&id).await },
+        })
     }
 
     pub(crate) fn deadline(&self) -> Duration {
@@ -223,9 +234,83 @@ impl<S: KeyStore> Verifier<S> {
     }
 }
 
+pin_project! {
+    /// Polls a lookup, answering a panic inside it as a store failure.
+    struct PanicAsFailure<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future<Output = LookupResult>> Future for PanicAsFailure<F> {
+    type Output = LookupResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<LookupResult> {
+        let future = self.project().future;
+
+        // The future is dropped after a panic and never polled again, so whatever
+        // state it broke is never observed.
+        panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx)))
+            .unwrap_or_else(|_| Poll::Ready(Err(store_panicked())))
+    }
+}
+
+fn store_panicked() -> StoreError {
+    StoreError::new(
+        crate::store::StoreErrorKind::Unavailable,
+        "key store panicked during a lookup",
+    )
+}
+
 pub(crate) fn deadline_missed(deadline: Duration) -> StoreError {
     StoreError::new(
         crate::store::StoreErrorKind::Unavailable,
         format!("key store did not answer within {deadline:?}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::RejectionKind;
+
+    /// Panics in `lookup`, or in `lookup_now` when `now` is set.
+    struct Panicking {
+        now: bool,
+    }
+
+    #[async_trait]
+    impl KeyStore for Panicking {
+        async fn lookup(&self, _: &KeyId) -> LookupResult {
+            panic!("lookup broke");
+        }
+
+        fn lookup_now(&self, _: &KeyId) -> Option<LookupResult> {
+            if self.now {
+                panic!("lookup_now broke");
+            }
+            None
+        }
+    }
+
+    async fn verify_against(store: Panicking) -> Rejection {
+        let key = KeyFormat::public().generate().unwrap();
+        Verifier::new(store).verify(key.expose()).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_lookup_is_a_store_failure() {
+        let rejection = verify_against(Panicking { now: false }).await;
+
+        assert_eq!(rejection.kind(), RejectionKind::ServiceUnavailable);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_lookup_now_is_a_store_failure() {
+        let rejection = verify_against(Panicking { now: true }).await;
+
+        assert_eq!(rejection.kind(), RejectionKind::ServiceUnavailable);
+    }
 }
