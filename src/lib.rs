@@ -73,8 +73,8 @@
 //! - Nothing this crate logs, prints or formats shows more of a key than `cm-`, the
 //!   id of a checksum-valid key and its last four characters. Request paths are
 //!   logged without their query string.
-//! - A failing, slow or panicking store is answered with 503, never 401 and never by letting the
-//!   request through.
+//! - A failing, slow or panicking store is answered with 503, never 401 and never by
+//!   letting the request through.
 //!
 //! # Limitations
 //!
