@@ -600,6 +600,10 @@ fn debug_and_display_of_every_key_holding_type_are_redacted() {
             shown.push(format!("{error:?} {error}"));
         }
 
+        // A signing secret refused as too short shows its length only.
+        let weak = SigningSecret::new(SIGNING[..20].to_vec()).unwrap_err();
+        shown.push(format!("{weak:?} {weak}"));
+
         // A management call given a whole key: the error names the id, no more.
         let unknown = public_key("LeakUnknown1", SECRET);
         let id = KeyId::from_id_or_key(&unknown, &format).unwrap();
