@@ -390,6 +390,20 @@ fn cases() -> Vec<Case> {
             status: unauthorized,
         },
         Case {
+            name: "key in the path",
+            headers: vec![],
+            uri: format!("/v1/keys/{good}/usage"),
+            store: Which::Healthy,
+            status: unauthorized,
+        },
+        Case {
+            name: "malformed key in the path",
+            headers: vec![("authorization", bearer(&changed_key()))],
+            uri: format!("/v1/keys/x{}", changed_key()),
+            store: Which::Healthy,
+            status: unauthorized,
+        },
+        Case {
             name: "rejected with a query string",
             headers: vec![("authorization", bearer(&changed_key()))],
             uri: format!("/v1/models?mark={QUERY_MARK}"),
