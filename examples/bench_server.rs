@@ -15,9 +15,11 @@ use std::error::Error;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use axum::Router;
+use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use crossmodel_auth::{
-    ApiKeyLayer, CachedKeyStore, KeyManager, KeyStore, MemoryKeyStore, NewKey, SqliteKeyStore,
+    ApiKeyLayer, CachedKeyStore, KeyManager, KeyStore, MemoryKeyStore, NewKey, PostgresKeyStore,
+    SqliteKeyStore,
 };
 
 /// Other keys in the memory store, so lookups search a realistic table. Database
@@ -41,7 +43,8 @@ fn main() -> Result<(), Box<dyn Error>> {
 }
 
 async fn serve(mode: &str, port: u16, db: Option<&str>) -> Result<(), Box<dyn Error>> {
-    let routes = Router::new().route("/v1/models", get(|| async { BODY }));
+    let json = [(CONTENT_TYPE, "application/json")];
+    let routes = Router::new().route("/v1/models", get(move || async move { (json, BODY) }));
     let app = match mode {
         "bare" => {
             println!("none");
@@ -81,6 +84,8 @@ where
     Ok(routes.layer(ApiKeyLayer::new(store)))
 }
 
-async fn postgres(_: Router, _: Option<&str>) -> Result<Router, Box<dyn Error>> {
-    Err("the PostgreSQL store is not available in this build".into())
+async fn postgres(routes: Router, db: Option<&str>) -> Result<Router, Box<dyn Error>> {
+    let url = db.ok_or("cache-postgres needs a postgres:// URL")?;
+    let store = CachedKeyStore::new(PostgresKeyStore::connect(url).await?);
+    guarded(routes, store, OTHER_DB_KEYS).await
 }

@@ -13,7 +13,10 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use crossmodel_auth::key::{KEY_LEN, KEY_PREFIX};
-use crossmodel_auth::{KeyFormat, KeyRecord, KeyState, MemoryKeyStore, SigningSecret, UserState};
+use crossmodel_auth::{
+    KeyFormat, KeyId, KeyRecord, KeyState, KeyStore, MemoryKeyStore, SigningSecret, StoreError,
+    UserState,
+};
 use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use http_body_util::Full;
@@ -180,4 +183,77 @@ impl Draw {
         let value = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
         (value % bound as u64) as usize
     }
+}
+
+/// Looks each id up once through `store`, on a current-thread runtime, so that a
+/// cache holds them all.
+pub fn warm<K: KeyStore>(store: &K, ids: &[KeyId]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for id in ids {
+            assert!(store.lookup(id).await.unwrap().is_some());
+        }
+    });
+}
+
+/// What `CachedKeyStore` holds, in a bare moka cache: the baseline of a hit.
+pub fn moka_like_the_cache(
+    records: &[Arc<KeyRecord>],
+) -> moka::sync::Cache<KeyId, Option<Arc<KeyRecord>>> {
+    struct Minute;
+
+    impl moka::Expiry<KeyId, Option<Arc<KeyRecord>>> for Minute {
+        fn expire_after_create(
+            &self,
+            _: &KeyId,
+            _: &Option<Arc<KeyRecord>>,
+            _: std::time::Instant,
+        ) -> Option<std::time::Duration> {
+            Some(std::time::Duration::from_secs(60))
+        }
+    }
+
+    let cache = moka::sync::Cache::builder()
+        .max_capacity(records.len() as u64)
+        .expire_after(Minute)
+        .build();
+    for record in records {
+        cache.insert(record.id, Some(Arc::clone(record)));
+    }
+    cache.run_pending_tasks();
+    cache
+}
+
+/// A memory store that does not note last use: `record_use` is the trait's no-op.
+#[derive(Clone)]
+pub struct NoUseRecording(pub MemoryKeyStore);
+
+#[async_trait::async_trait]
+impl KeyStore for NoUseRecording {
+    async fn lookup(&self, id: &KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        self.0.lookup(id).await
+    }
+
+    fn lookup_now(&self, id: &KeyId) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
+        self.0.lookup_now(id)
+    }
+}
+
+/// The same records in a moka cache with one TTL for every entry and no per-entry
+/// timers.
+pub fn moka_with_one_ttl(
+    records: &[Arc<KeyRecord>],
+) -> moka::sync::Cache<KeyId, Option<Arc<KeyRecord>>> {
+    let cache = moka::sync::Cache::builder()
+        .max_capacity(records.len() as u64)
+        .time_to_live(std::time::Duration::from_secs(60))
+        .build();
+    for record in records {
+        cache.insert(record.id, Some(Arc::clone(record)));
+    }
+    cache.run_pending_tasks();
+    cache
 }
