@@ -21,8 +21,8 @@ use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
 use crossmodel_auth::{
-    ApiKeyLayer, Identity, KeyId, KeyManager, KeyRecord, KeyStore, MemoryKeyStore, NewKey,
-    StoreError,
+    ApiKeyLayer, CachedKeyStore, Identity, KeyId, KeyManager, KeyRecord, KeyStore, MemoryKeyStore,
+    NewKey, StoreError,
 };
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
@@ -251,7 +251,7 @@ struct Server {
     identities: Arc<Mutex<Vec<KeyId>>>,
 }
 
-async fn serve(store: FaultyStore) -> Server {
+async fn serve<K: KeyStore + Clone>(store: K) -> Server {
     let inner_calls = Arc::new(AtomicUsize::new(0));
     let identities = Arc::new(Mutex::new(Vec::new()));
     let app = Router::new()
@@ -285,6 +285,25 @@ async fn a_misbehaving_store_never_lets_an_unverified_request_through() {
     let planned = Arc::new(plan(&memory).await);
     let store = FaultyStore::new(memory);
     let server = serve(store.clone()).await;
+
+    hammer(&server, &store, planned).await;
+}
+
+/// The same behind the cache, which must neither cache a failure nor turn a late
+/// or failed lookup into an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_store_behind_the_cache_never_lets_an_unverified_request_through() {
+    let memory = MemoryKeyStore::new();
+    let planned = Arc::new(plan(&memory).await);
+    let store = FaultyStore::new(memory);
+    let server = serve(CachedKeyStore::new(store.clone())).await;
+
+    hammer(&server, &store, planned).await;
+}
+
+/// Sends every planned request, `CONCURRENCY` at a time, and checks each answer
+/// against what the store did with its lookup.
+async fn hammer(server: &Server, store: &FaultyStore, planned: Arc<Vec<Planned>>) {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let gate = Arc::new(Semaphore::new(CONCURRENCY));
 
