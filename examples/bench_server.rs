@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! bench_server MODE PORT [DB_URL]
-//!   MODE: bare | memory | cache-sqlite | cache-postgres
+//!   MODE: bare | noop-layer | memory | cache-sqlite | cache-postgres
 //! ```
 //!
 //! Listens on 127.0.0.1:PORT only. Creates one key (plus others, so lookups search
@@ -31,7 +31,8 @@ const BODY: &str = r#"{"object":"list","data":[{"id":"echo-1","object":"model"}]
 
 fn main() -> Result<(), Box<dyn Error>> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: bench_server bare|memory|cache-sqlite|cache-postgres PORT [DB_URL]";
+    let usage =
+        "usage: bench_server bare|noop-layer|memory|cache-sqlite|cache-postgres PORT [DB_URL]";
     let mode = args.next().ok_or(usage)?;
     let port: u16 = args.next().ok_or(usage)?.parse()?;
     let db = args.next();
@@ -49,6 +50,12 @@ async fn serve(mode: &str, port: u16, db: Option<&str>) -> Result<(), Box<dyn Er
         "bare" => {
             println!("none");
             routes
+        }
+        // Any tower layer on an axum router costs a boxed service and a mapped
+        // response; this one does nothing else, so it shows that share.
+        "noop-layer" => {
+            println!("none");
+            routes.layer(tower::layer::util::Identity::new())
         }
         "memory" => guarded(routes, MemoryKeyStore::new(), OTHER_KEYS).await?,
         "cache-sqlite" => {
