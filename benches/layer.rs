@@ -17,6 +17,8 @@
 //! - `moka_get`: one `get` of a `moka::sync::Cache` holding the same 10 000
 //!   records with per-entry expiry, as `CachedKeyStore` keeps them.
 //!
+//! - `parts/…`: single steps the layer takes beyond the floor, timed alone.
+//!
 //! Added cost = `layer/…` − `bare`; the target is added ≤ 1.5 × floor. Each
 //! iteration builds its request (a clone of thirteen headers, as a server parses a
 //! fresh map per request), calls the service and drops the response, in the baseline
@@ -35,7 +37,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use crossmodel_auth::{ApiKeyLayer, CachedKeyStore, KeyFormat, KeyId, KeyRecord, Verifier};
+use crossmodel_auth::header::{ANTHROPIC_VERSION, X_API_KEY};
+use crossmodel_auth::{
+    ApiKeyLayer, CachedKeyStore, Envelope, JsonEnvelope, KeyFormat, KeyId, KeyRecord,
+    RenderRejection, Verifier,
+};
 use http::header::{AUTHORIZATION, HeaderMap};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -177,5 +183,59 @@ fn rejections(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fast_path, rejections);
+/// Single steps of the layer, timed alone with public APIs, to price what the
+/// layer does beyond the floor.
+fn parts(c: &mut Criterion) {
+    let keys = KeySet::new(1, &KeyFormat::public());
+    let key = keys.key(0).to_owned();
+    let headers = support::headers_with_bearer(&key);
+    let format = KeyFormat::public();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let rejection = runtime
+        .block_on(Verifier::new(keys.store.clone()).verify("cm-not-a-key"))
+        .unwrap_err();
+
+    let mut group = c.benchmark_group("parts");
+    group.bench_function("envelope_probe", |b| {
+        b.iter(|| {
+            let headers = black_box(&headers);
+            headers.contains_key(ANTHROPIC_VERSION)
+                || headers
+                    .get_all(X_API_KEY)
+                    .iter()
+                    .any(|value| !value.is_empty())
+        });
+    });
+    group.bench_function("system_time_now", |b| {
+        b.iter(std::time::SystemTime::now);
+    });
+    group.bench_function("clone_headers", |b| {
+        b.iter(|| black_box(&headers).clone());
+    });
+    group.bench_function("clone_headers_and_strip", |b| {
+        b.iter(|| {
+            let mut headers = black_box(&headers).clone();
+            headers.remove(AUTHORIZATION);
+            headers.remove(X_API_KEY);
+            headers
+        });
+    });
+    group.bench_function("parse_public_checksum", |b| {
+        b.iter(|| format.parse(black_box(&key)).unwrap().id());
+    });
+    group.bench_function("render_openai_body", |b| {
+        b.iter(|| {
+            JsonEnvelope.render(
+                black_box(&rejection),
+                Envelope::OpenAi,
+                "req_0123456789abcdefghijklmn",
+            )
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, fast_path, rejections, parts);
 criterion_main!(benches);
