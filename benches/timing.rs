@@ -1,0 +1,236 @@
+//! Does verification time tell an attacker anything? A dudect-style check: two
+//! classes of input, drawn at random and interleaved, each run timed alone, then
+//! Welch's t-test between the two classes' run times (on the whole distribution and
+//! on ~100 crops of its upper tail, the largest |t| reported). |t| above 4.5 means
+//! the classes are told apart with high confidence; below it, no difference showed
+//! at this sample size.
+//!
+//! Cases, all over the memory store:
+//!
+//! - `secret_prefix_verify`: `Verifier::verify` of the same key id with a wrong
+//!   secret that shares 21 of 22 characters with the right one, against one that
+//!   shares none. Both carry a valid public checksum, so both reach the store and
+//!   the comparison. This includes SHA-256 of the secret: what an attacker times.
+//! - `digest_prefix_ct_eq`: `KeyDigest::ct_eq` alone, against the stored digest,
+//!   of a digest differing only in its last byte and one differing in every byte.
+//! - `unknown_vs_known_compare`: the comparison step as `Verifier` performs it
+//!   after a lookup: pick the stored digest, or the dummy digest when the id is
+//!   unknown, compare in constant time, then decide. Unknown id against known id
+//!   with a wrong secret.
+//! - `unknown_vs_known_verify`: the whole of `Verifier::verify` for checksum-valid
+//!   keys with unknown ids against known ids with wrong secrets, ids drawn at
+//!   random from two pools of 1000. A map hit and a map miss differ by nature;
+//!   key ids are public, so a large |t| here tells nothing secret. It is measured
+//!   to show the size of that difference, not to pass a bound.
+//!
+//! Run: `cargo bench --all-features --bench timing` (a million samples per class
+//! and case, about a minute each on a quiet machine). `TIMING_SAMPLES=100000`
+//! takes fewer; a word after `--` runs only the cases whose name contains it.
+//! For steadier figures pin the process to one core: `taskset -c 1 cargo bench …`.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use crossmodel_auth::key::{KEY_LEN, SECRET_LEN};
+use crossmodel_auth::{KeyDigest, KeyFormat, KeyRecord, KeyStore, Verifier};
+use dudect_bencher::ctbench::{BenchMetadata, BenchName, BenchOpts, run_benches_console};
+use dudect_bencher::rand::RngExt;
+use dudect_bencher::{BenchRng, Class, CtRunner};
+
+use support::{KeySet, SECRET_RANGE, drive};
+
+/// Keys in the store of every case.
+const STORE_KEYS: usize = 10_000;
+
+/// Size of each pool of ids in `unknown_vs_known_verify`.
+const POOL: usize = 1_000;
+
+/// The base62 alphabet of keys: digits, upper case, lower case.
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// Samples per class: `TIMING_SAMPLES`, else a million.
+fn per_class() -> usize {
+    std::env::var("TIMING_SAMPLES")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+/// A class for each of `2 × per_class()` samples, drawn at random.
+fn classes(rng: &mut BenchRng) -> Vec<Class> {
+    (0..2 * per_class())
+        .map(|_| {
+            if rng.random::<bool>() {
+                Class::Left
+            } else {
+                Class::Right
+            }
+        })
+        .collect()
+}
+
+/// `body` (the first 38 characters of a key) with its public checksum: CRC-32
+/// (IEEE) of the body as six base62 digits, most significant first.
+fn with_public_checksum(body: &[u8]) -> String {
+    let mut value = u64::from(crc32fast::hash(body));
+    let mut digits = [b'0'; 6];
+    for digit in digits.iter_mut().rev() {
+        *digit = BASE62[(value % 62) as usize];
+        value /= 62;
+    }
+
+    let mut text = body.to_vec();
+    text.extend_from_slice(&digits);
+    String::from_utf8(text).unwrap()
+}
+
+/// The next base62 character after `byte`, wrapping: always a different one.
+fn other_char(byte: u8) -> u8 {
+    let at = BASE62.iter().position(|&c| c == byte).unwrap();
+    BASE62[(at + 1) % BASE62.len()]
+}
+
+/// `key` with the secret characters at `positions` changed, re-checksummed.
+fn with_secret_changed(key: &str, positions: std::ops::Range<usize>) -> String {
+    let mut body = key.as_bytes()[..SECRET_RANGE.end].to_vec();
+    for at in positions {
+        let index = SECRET_RANGE.start + at;
+        body[index] = other_char(body[index]);
+    }
+
+    let text = with_public_checksum(&body);
+    assert_eq!(text.len(), KEY_LEN);
+    assert!(KeyFormat::public().parse(&text).is_ok());
+    text
+}
+
+/// A verifier over a memory store of `STORE_KEYS` keys.
+fn verifier() -> (Verifier<crossmodel_auth::MemoryKeyStore>, KeySet) {
+    let keys = KeySet::new(STORE_KEYS, &KeyFormat::public());
+    (Verifier::new(keys.store.clone()), keys)
+}
+
+/// Times one verification of `text`.
+fn time_verify<S: KeyStore>(
+    runner: &mut CtRunner,
+    verifier: &Verifier<S>,
+    class: Class,
+    text: &str,
+) {
+    runner.run_one(class, || drive(verifier.verify(black_box(text))).is_err());
+}
+
+fn secret_prefix_verify(runner: &mut CtRunner, rng: &mut BenchRng) {
+    let (verifier, keys) = verifier();
+    let key = keys.key(0);
+    let near = with_secret_changed(key, SECRET_LEN - 1..SECRET_LEN);
+    let far = with_secret_changed(key, 0..SECRET_LEN);
+    for text in [&near, &far] {
+        assert!(drive(verifier.verify(text)).is_err());
+    }
+
+    for class in classes(rng) {
+        let text = match class {
+            Class::Left => &near,
+            Class::Right => &far,
+        };
+        time_verify(runner, &verifier, class, text);
+    }
+}
+
+fn digest_prefix_ct_eq(runner: &mut CtRunner, rng: &mut BenchRng) {
+    let (_, keys) = verifier();
+    let stored = keys.records[0].digest;
+    let mut near = *stored.as_bytes();
+    near[31] ^= 1;
+    let near = KeyDigest::from_bytes(near);
+    let far = KeyDigest::from_bytes(stored.as_bytes().map(|byte| !byte));
+
+    for class in classes(rng) {
+        let presented = match class {
+            Class::Left => &near,
+            Class::Right => &far,
+        };
+        runner.run_one(class, || black_box(&stored).ct_eq(black_box(presented)));
+    }
+}
+
+/// The comparison step of `Verifier`, after the lookup: the stored digest or the
+/// dummy one, the constant-time compare, then the decision.
+fn compare_step(
+    dummy: &KeyDigest,
+    outcome: &Option<Arc<KeyRecord>>,
+    presented: &KeyDigest,
+) -> bool {
+    let stored = outcome.as_ref().map_or(dummy, |record| &record.digest);
+    let matches = stored.ct_eq(presented);
+    outcome.is_some() && matches
+}
+
+fn unknown_vs_known_compare(runner: &mut CtRunner, rng: &mut BenchRng) {
+    let (_, keys) = verifier();
+    // The verifier's own dummy: the digest of a fixed sentence.
+    let dummy = KeyDigest::of_secret("crossmodel-auth: no key has this secret");
+    let known = Some(Arc::clone(&keys.records[0]));
+    let unknown = None;
+    let wrong = KeyDigest::of_secret("a wrong secret of twenty-two");
+
+    for class in classes(rng) {
+        let outcome = match class {
+            Class::Left => &unknown,
+            Class::Right => &known,
+        };
+        runner.run_one(class, || {
+            compare_step(black_box(&dummy), black_box(outcome), black_box(&wrong))
+        });
+    }
+}
+
+fn unknown_vs_known_verify(runner: &mut CtRunner, rng: &mut BenchRng) {
+    let (verifier, keys) = verifier();
+    let known: Vec<String> = (0..POOL)
+        .map(|index| with_secret_changed(keys.key(index), 0..SECRET_LEN))
+        .collect();
+    let unknown: Vec<String> = (0..POOL)
+        .map(|_| KeyFormat::public().generate().unwrap().expose().to_owned())
+        .collect();
+
+    for class in classes(rng) {
+        let pool = match class {
+            Class::Left => &unknown,
+            Class::Right => &known,
+        };
+        let text = &pool[rng.random_range(0..POOL)];
+        time_verify(runner, &verifier, class, text);
+    }
+}
+
+fn main() {
+    let bench = |name, benchfn| BenchMetadata {
+        name: BenchName(name),
+        seed: None,
+        benchfn,
+    };
+    let benches = vec![
+        bench(
+            "secret_prefix_verify",
+            secret_prefix_verify as fn(&mut _, &mut _),
+        ),
+        bench("digest_prefix_ct_eq", digest_prefix_ct_eq),
+        bench("unknown_vs_known_compare", unknown_vs_known_compare),
+        bench("unknown_vs_known_verify", unknown_vs_known_verify),
+    ];
+
+    // `cargo bench` passes `--bench`; any other word is a filter.
+    let filter = std::env::args().skip(1).find(|arg| !arg.starts_with("--"));
+    let options = BenchOpts {
+        filter,
+        ..BenchOpts::default()
+    };
+    println!("{} samples per class", per_class());
+    run_benches_console(options, benches).unwrap();
+}
