@@ -102,6 +102,7 @@ pub mod header;
 mod identity;
 pub mod key;
 mod layer;
+mod redact;
 pub mod rejection;
 mod response;
 mod service;
@@ -115,6 +116,7 @@ pub use identity::Identity;
 pub use identity::MissingIdentity;
 pub use key::{ApiKey, KeyDigest, KeyFormat, KeyId, PresentedKey, SigningSecret};
 pub use layer::ApiKeyLayer;
+pub use redact::redact_path;
 pub use rejection::{JsonEnvelope, Rejection, RejectionKind, RenderRejection, RenderedBody};
 pub use service::ApiKeyService;
 #[cfg(feature = "cache")]

@@ -1,7 +1,6 @@
 //! [`ApiKeyService`]: the service [`ApiKeyLayer`](crate::ApiKeyLayer) wraps around
 //! the inner one.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -12,7 +11,7 @@ use tower_service::Service;
 
 use crate::future::{Pending, ResponseFuture};
 use crate::header::{self, Credential, RouteFamily, X_API_KEY};
-use crate::key::KEY_PREFIX;
+use crate::redact::redact_path;
 use crate::rejection::{Reason, Rejection, RenderRejection};
 use crate::response;
 use crate::store::KeyStore;
@@ -85,7 +84,7 @@ impl<K: KeyStore, R: RenderRejection> Shared<K, R> {
 
         // Only a checksum-valid id may be shown; the path goes without its query,
         // and without any key a client pasted into it.
-        let path = loggable_path(request.uri().path());
+        let path = redact_path(request.uri().path());
         match checked {
             Some(checked) => tracing::debug!(
                 target: "crossmodel_auth",
@@ -221,29 +220,6 @@ where
     }
 }
 
-/// The path as logged: each segment from a `cm-` on is cut to `cm-…`, so a key put
-/// in a URL by mistake (`/v1/keys/cm-…`) is not written to the logs.
-fn loggable_path(path: &str) -> Cow<'_, str> {
-    if !path.contains(KEY_PREFIX) {
-        return Cow::Borrowed(path);
-    }
-
-    let mut shown = String::with_capacity(path.len());
-    for (index, segment) in path.split('/').enumerate() {
-        if index > 0 {
-            shown.push('/');
-        }
-        match segment.find(KEY_PREFIX) {
-            Some(at) => {
-                shown.push_str(&segment[..at]);
-                shown.push_str("cm-…");
-            }
-            None => shown.push_str(segment),
-        }
-    }
-    Cow::Owned(shown)
-}
-
 fn is_cors_preflight<B>(request: &Request<B>) -> bool {
     let headers = request.headers();
     request.method() == Method::OPTIONS
@@ -273,20 +249,5 @@ fn remove_our_values(headers: &mut HeaderMap, name: HeaderName) {
 
     for value in kept {
         headers.append(&name, value);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn logged_paths_lose_anything_from_a_key_prefix_on_within_its_segment() {
-        assert_eq!(loggable_path("/v1/models"), "/v1/models");
-        assert_eq!(
-            loggable_path("/v1/keys/cm-AAAAAAAAAAAA_BBBB/usage"),
-            "/v1/keys/cm-…/usage"
-        );
-        assert_eq!(loggable_path("/x/keycm-abc/cm-"), "/x/keycm-…/cm-…");
     }
 }

@@ -453,6 +453,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn keys_are_refused_as_user_ids_and_names_without_being_echoed() {
+        let (store, created) = store_with_key().await;
+        let key = created.key.expose();
+        let secret = &key[16..38];
+
+        let as_user = store.create_key(NewKey::for_user(key)).await.unwrap_err();
+        let as_name = store
+            .create_key(NewKey::for_user("bob").name(format!("my key {key}")))
+            .await
+            .unwrap_err();
+        let as_target = store.disable_user(key).await.unwrap_err();
+
+        for err in [as_user, as_name, as_target] {
+            assert_eq!(err.kind(), StoreErrorKind::InvalidInput);
+            assert!(err.to_string().contains("looks like an API key"), "{err}");
+            assert!(!format!("{err} {err:?}").contains(secret));
+        }
+        assert_eq!(store.len(), 1);
+    }
+
+    #[tokio::test]
     async fn uses_show_in_listings() {
         let (store, created) = store_with_key().await;
         let at = SystemTime::now();

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use crate::key::{ApiKey, KeyDigest, KeyId};
+use crate::redact::looks_like_a_key;
 
 #[cfg(feature = "cache")]
 mod cache;
@@ -242,6 +243,9 @@ pub fn validate_new_key(new: &NewKey) -> Result<(), StoreError> {
             "key name must be at most {MAX_KEY_NAME_LEN} bytes without control characters"
         )));
     }
+    if looks_like_a_key(&new.name) {
+        return Err(StoreError::invalid_input(KEY_AS_TEXT));
+    }
     if !(new.metadata.is_object() || new.metadata.is_null()) {
         return Err(StoreError::invalid_input(
             "key metadata must be a JSON object or null",
@@ -250,7 +254,8 @@ pub fn validate_new_key(new: &NewKey) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Checks a user id: 1 to [`MAX_USER_ID_LEN`] bytes of visible ASCII.
+/// Checks a user id: 1 to [`MAX_USER_ID_LEN`] bytes of visible ASCII, and not
+/// something that looks like a `cm-` key (user ids are shown in listings and logs).
 ///
 /// # Errors
 ///
@@ -259,14 +264,20 @@ pub fn validate_user_id(user_id: &str) -> Result<(), StoreError> {
     let fits = !user_id.is_empty()
         && user_id.len() <= MAX_USER_ID_LEN
         && user_id.bytes().all(|byte| byte.is_ascii_graphic());
-    if fits {
-        Ok(())
-    } else {
-        Err(StoreError::invalid_input(format!(
+    if !fits {
+        return Err(StoreError::invalid_input(format!(
             "user id must be 1 to {MAX_USER_ID_LEN} visible ASCII characters, without spaces"
-        )))
+        )));
     }
+    if looks_like_a_key(user_id) {
+        return Err(StoreError::invalid_input(KEY_AS_TEXT));
+    }
+    Ok(())
 }
+
+/// Said when a user id or key name holds a key, which is then not echoed.
+const KEY_AS_TEXT: &str = "that looks like an API key (cm-…): user ids and key names are shown \
+                           in listings and logs, so use a name, never a key";
 
 /// Looks keys up for the layer: the one call on the request path.
 ///
