@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! ```text
-//! cm-  4f7Qk2ZpX9aB  _  V3nL0c8sRr1kTq5wYx2mZ7  a1B2c3
+//! cm-  4f7Qk2ZpX9aB  _  V3nL0c8sRr1kTq5wYx2mZ7  0iG0zZ
 //! │    │             │  │                       │
 //! │    key id        │  secret                  checksum
 //! │    12 base62     │  22 base62 (≥ 130 bits)  6 base62
@@ -704,6 +704,15 @@ mod tests {
             assert_eq!(parsed.id(), key.id());
             assert_eq!(parsed.digest(), key.digest());
         }
+    }
+
+    #[test]
+    fn the_documented_example_key_is_valid() {
+        let example = "cm-4f7Qk2ZpX9aB_V3nL0c8sRr1kTq5wYx2mZ70iG0zZ";
+
+        let parsed = KeyFormat::public().parse(example).unwrap();
+        assert_eq!(parsed.id().as_str(), "4f7Qk2ZpX9aB");
+        assert_eq!(parsed.secret(), "V3nL0c8sRr1kTq5wYx2mZ7");
     }
 
     #[test]
