@@ -339,7 +339,10 @@ impl Tally {
 /// The shared state of one load run.
 struct Load {
     server: SocketAddr,
+    /// Valid keys used from the start, so cached before the cut.
     keys: Vec<String>,
+    /// Valid keys first used during or after the cut.
+    late_keys: Vec<String>,
     next: AtomicUsize,
     done: AtomicUsize,
     tally: Mutex<Tally>,
@@ -362,7 +365,13 @@ impl Load {
 
     async fn one(&self, number: usize) {
         let presented = Presented::for_request(number);
-        let valid = &self.keys[number % self.keys.len()];
+        // From the cut on, every tenth request presents a key never used before:
+        // while the database is away it cannot be verified, and must get a 503.
+        let valid = if number >= REQUESTS / 3 && number % 10 == 0 {
+            &self.late_keys[number / 10 % self.late_keys.len()]
+        } else {
+            &self.keys[number % self.keys.len()]
+        };
         let key = match presented {
             Presented::Valid => Some(valid.clone()),
             Presented::WrongSecret => Some(with_wrong_secret(valid)),
@@ -431,6 +440,7 @@ async fn a_cut_database_costs_503s_never_a_wrong_200_and_heals_with_revocations_
     // Plain SQL on a direct connection, as an operator's console would run it.
     let sql = direct.pool().clone();
     let keys = create_keys(&direct, 12).await;
+    let late_keys = create_keys(&direct, REQUESTS / 10).await;
 
     let proxy = Proxy::start(server_address());
     let options = PostgresOptions::new()
@@ -448,7 +458,7 @@ async fn a_cut_database_costs_503s_never_a_wrong_200_and_heals_with_revocations_
     .await;
     let before_cut = listening_backends(&sql, &scratch.name).await;
 
-    let load = run_load_with_a_cut(server, keys.clone(), &proxy).await;
+    let load = run_load_with_a_cut(server, keys.clone(), late_keys, &proxy).await;
     assert_only_allowed_outcomes(&load.tally.lock().unwrap());
 
     // Nothing was restarted: a key the layer has never seen verifies.
@@ -498,10 +508,16 @@ async fn create_keys(store: &PostgresKeyStore, count: usize) -> Vec<String> {
 }
 
 /// Runs the load; the proxy is cut after a third of it and restored after two.
-async fn run_load_with_a_cut(server: SocketAddr, keys: Vec<String>, proxy: &Proxy) -> Arc<Load> {
+async fn run_load_with_a_cut(
+    server: SocketAddr,
+    keys: Vec<String>,
+    late_keys: Vec<String>,
+    proxy: &Proxy,
+) -> Arc<Load> {
     let load = Arc::new(Load {
         server,
         keys,
+        late_keys,
         next: AtomicUsize::new(0),
         done: AtomicUsize::new(0),
         tally: Mutex::new(Tally::default()),
@@ -553,9 +569,10 @@ fn assert_only_allowed_outcomes(tally: &Tally) {
     assert_eq!(tally.count(Some(Presented::Valid), 401), 0, "{summary}");
 
     // The cut was felt, and the load was served before and after it.
+    assert!(tally.count(Some(Presented::Unknown), 503) > 0, "{summary}");
     assert!(
-        tally.count(None, 503) > 0,
-        "no 503 during the cut: {summary}"
+        tally.count(Some(Presented::Valid), 503) > 0,
+        "valid keys new to the cache must get 503 during the cut: {summary}"
     );
     assert!(tally.count(Some(Presented::Valid), 200) > 0, "{summary}");
 }
