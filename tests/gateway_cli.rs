@@ -158,7 +158,6 @@ fn wrong_input_exits_1_with_one_line_and_usage_errors_exit_2() {
         vec!["keys", "disable", "not-a-key"],
         vec!["keys", "revoke", mistyped.as_str()],
         vec!["users", "enable", "nobody"],
-        vec!["keys", "create", "--user", "has space"],
     ] {
         let run = cli(dir.path(), &db, &args);
         assert_eq!(run.code, Some(1), "{args:?}: {run:?}");
@@ -181,6 +180,165 @@ fn wrong_input_exits_1_with_one_line_and_usage_errors_exit_2() {
 }
 
 #[test]
+fn argument_values_no_store_would_take_are_usage_errors() {
+    let dir = TempDir::new();
+    let db = dir.sqlite_url();
+    let long_user = "u".repeat(129);
+    let long_name = "n".repeat(257);
+
+    for args in [
+        vec!["keys", "create", "--user", "has space"],
+        vec!["keys", "create", "--user", "tab\there"],
+        vec!["keys", "create", "--user", "line\nbreak"],
+        vec!["keys", "create", "--user", ""],
+        vec!["keys", "create", "--user", &long_user],
+        vec!["keys", "create", "--user", "alice", "--name", &long_name],
+        vec!["keys", "create", "--user", "alice", "--name", "two\nlines"],
+        vec!["users", "disable", "has space"],
+        vec!["users", "enable", &long_user],
+    ] {
+        let run = cli(dir.path(), &db, &args);
+        assert_eq!(run.code, Some(2), "{args:?}: {run:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{args:?}");
+    }
+    assert!(key_rows(&dir, &db).is_empty(), "nothing was stored");
+
+    // The largest values stores take still work.
+    let most = cli(
+        dir.path(),
+        &db,
+        &[
+            "keys",
+            "create",
+            "--user",
+            &long_user[1..],
+            "--name",
+            &long_name[1..],
+        ],
+    );
+    assert_eq!(most.code, Some(0), "{}", most.stderr);
+}
+
+#[test]
+fn a_key_pasted_as_a_user_id_or_name_is_refused_and_never_echoed() {
+    let dir = TempDir::new();
+    let db = dir.sqlite_url();
+    let key = create_key(dir.path(), &db, "alice");
+    let secret = &key[15..];
+
+    for args in [
+        vec!["keys", "create", "--user", key.as_str()],
+        vec!["keys", "create", "--user", "alice", "--name", key.as_str()],
+        vec!["users", "disable", key.as_str()],
+        vec!["users", "enable", key.as_str()],
+    ] {
+        let run = cli(dir.path(), &db, &args);
+        assert_eq!(run.code, Some(2), "{args:?}: {run:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("looks like an API key"),
+            "{}",
+            run.stderr
+        );
+        for output in [&run.stdout, &run.stderr] {
+            assert!(!output.contains(secret), "{args:?} echoed the key");
+        }
+    }
+
+    let rows = key_rows(&dir, &db);
+    assert_eq!(rows.len(), 1, "nothing was stored: {rows:?}");
+    let users = cli(dir.path(), &db, &["users", "list"]);
+    assert!(!users.stdout.contains(secret));
+}
+
+#[test]
+fn usage_errors_cut_every_key_they_echo() {
+    let dir = TempDir::new();
+    let db = dir.sqlite_url();
+    let first = create_key(dir.path(), &db, "alice");
+    let second = create_key(dir.path(), &db, "alice");
+    let mistyped = format!("{}x", &second[..second.len() - 1]);
+
+    for args in [
+        vec!["keys", "disable", first.as_str(), second.as_str()],
+        vec!["keys", "revoke", first.as_str(), mistyped.as_str()],
+        vec![
+            "keys",
+            "create",
+            "--user",
+            "a",
+            "--expires-in",
+            first.as_str(),
+        ],
+        vec![first.as_str()],
+    ] {
+        let run = cli(dir.path(), &db, &args);
+        assert_eq!(run.code, Some(2), "{args:?}: {run:?}");
+        assert!(run.stderr.starts_with("error: "), "{}", run.stderr);
+        for key in [&first, &second, &mistyped] {
+            assert!(!run.stderr.contains(&key[15..]), "{args:?}: {}", run.stderr);
+        }
+    }
+
+    let run = cli(dir.path(), &db, &["keys", "disable", &first, &second]);
+    let shown = format!("cm-{}_…{}", &second[3..15], &second[second.len() - 4..]);
+    assert!(run.stderr.contains(&shown), "{}", run.stderr);
+    assert!(
+        key_rows(&dir, &db)
+            .iter()
+            .all(|row| row["state"] == "active"),
+        "a usage error changes nothing"
+    );
+
+    for flag in ["--help", "--version"] {
+        let run = cli(dir.path(), &db, &[flag]);
+        assert_eq!(run.code, Some(0), "{flag}: {run:?}");
+        assert!(run.stdout.contains("gateway"), "{flag}: {}", run.stdout);
+    }
+}
+
+#[test]
+fn an_expiry_after_the_year_9999_is_a_usage_error() {
+    let dir = TempDir::new();
+    let db = dir.sqlite_url();
+
+    for duration in ["999999999999d", "3000000d", "99999999999h"] {
+        let args = ["keys", "create", "--user", "a", "--expires-in", duration];
+        let run = cli(dir.path(), &db, &args);
+        assert_eq!(run.code, Some(2), "{duration}: {run:?}");
+        assert!(run.stdout.is_empty());
+    }
+    assert!(key_rows(&dir, &db).is_empty(), "nothing was stored");
+
+    let args = ["keys", "create", "--user", "a", "--expires-in", "2000000d"];
+    assert_eq!(cli(dir.path(), &db, &args).code, Some(0));
+    let expiry = key_rows(&dir, &db)[0]["expires_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(expiry.find('-'), Some(4), "a four-digit year: {expiry}");
+}
+
+#[test]
+fn serve_listens_before_it_makes_the_first_key() {
+    let dir = TempDir::new();
+    let db = dir.sqlite_url();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+
+    let run = cli(dir.path(), &db, &["serve", "--listen", &address]);
+
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stdout.is_empty(), "a key was printed: {run:?}");
+    assert!(run.stderr.contains("cannot listen on"), "{}", run.stderr);
+    let server = Server::start(dir.path(), Some(&db));
+    eventually("the start that listens prints the first key", || {
+        is_key(server.stdout().trim())
+    });
+}
+
+#[test]
 fn an_unreachable_database_exits_1() {
     let dir = TempDir::new();
 
@@ -193,6 +351,25 @@ fn an_unreachable_database_exits_1() {
         assert_eq!(run.code, Some(1), "{db}: {run:?}");
         assert_eq!(run.stderr.lines().count(), 1, "{db}: {}", run.stderr);
     }
+}
+
+#[test]
+fn a_sqlite_file_in_a_missing_directory_is_named_as_such() {
+    let dir = TempDir::new();
+    let missing = dir.path().join("not-made-yet");
+    let db = format!("sqlite://{}", missing.join("gateway.db").display());
+
+    let run = cli(dir.path(), &db, &["keys", "list"]);
+
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    let expected = format!("the directory {} does not exist", missing.display());
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("running and reachable"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

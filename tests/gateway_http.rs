@@ -4,7 +4,10 @@
 
 mod gateway_support;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::Command;
+use std::time::Duration;
 
 use gateway_support::{Server, TempDir, create_key, http};
 use serde_json::Value;
@@ -160,21 +163,30 @@ fn messages_answer_in_the_anthropic_shape_streamed_or_not() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     let json = reply.json();
     assert_eq!(json["type"], "message");
-    assert_eq!(json["content"][0]["text"], "one two ");
+    assert_eq!(
+        json["content"][0]["text"], "one two",
+        "no space after the cut"
+    );
     assert_eq!(json["stop_reason"], "max_tokens");
     assert_eq!(reply.header("request-id"), reply.header("x-request-id"));
 
     let streamed = body.replacen('{', r#"{"stream":true,"#, 1);
     let reply = running.anthropic("/v1/messages", &streamed);
+    let mut text = String::new();
     let names: Vec<String> = events(&reply.body)
         .into_iter()
         .map(|(name, data)| {
             let data: Value = serde_json::from_str(&data).unwrap();
             let name = name.unwrap();
             assert_eq!(data["type"], name.as_str(), "event name and type agree");
+            text.push_str(data["delta"]["text"].as_str().unwrap_or_default());
             name
         })
         .collect();
+    assert_eq!(
+        text, "one two",
+        "no space after the cut when streamed either"
+    );
     assert_eq!(
         names,
         [
@@ -384,4 +396,98 @@ fn the_request_log_names_the_caller_but_never_the_key_or_query() {
         !log.contains(&running.key[15..]) && !log.contains(&wrong[15..]),
         "a secret was logged"
     );
+}
+
+#[test]
+fn a_key_in_the_path_is_cut_from_the_request_log() {
+    let running = running();
+    let key = running.key.as_str();
+
+    let with_key = running.openai("GET", &format!("/v1/models/{key}"), "");
+    assert_eq!(with_key.status, 404, "{}", with_key.body);
+    let without_key = http(
+        running.server.address,
+        "GET",
+        &format!("/v1/{key}/usage"),
+        &[],
+        "",
+    );
+    assert_eq!(without_key.status, 401);
+
+    gateway_support::eventually("both requests are logged", || {
+        let log = running.server.log();
+        log.contains("status=404") && log.contains("status=401")
+    });
+    let log = running.server.log();
+    assert!(log.contains("path=\"/v1/models/cm-…\""), "{log}");
+    assert!(log.contains("path=\"/v1/cm-…/usage\""), "{log}");
+    assert!(!log.contains(&key[15..]), "a secret was logged:\n{log}");
+}
+
+/// Opens a connection and sends `partial`, a request the gateway waits to see the
+/// rest of.
+fn half_sent(address: std::net::SocketAddr, partial: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.write_all(partial.as_bytes()).unwrap();
+    stream
+}
+
+/// Request headers cut off before their blank line.
+const HALF_HEADERS: &str = "GET /v1/models HTTP/1.1\r\nHost: x\r\n";
+
+/// How long the gateway may take to give up on a slow client: its 10 s deadline,
+/// with room for a busy machine.
+const SLOW_CLIENT_BOUND: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_request_whose_headers_never_end_is_closed() {
+    let running = running();
+    let mut stream = half_sent(running.server.address, HALF_HEADERS);
+    stream.set_read_timeout(Some(SLOW_CLIENT_BOUND)).unwrap();
+
+    let mut answer = Vec::new();
+    let outcome = stream.read_to_end(&mut answer);
+
+    let closed = match &outcome {
+        Ok(_) => true,
+        Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(
+        closed,
+        "the connection was still open after {SLOW_CLIENT_BOUND:?}: {outcome:?}"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+}
+
+#[test]
+fn sigterm_ends_the_server_even_with_slow_clients_connected() {
+    let mut running = running();
+    let address = running.server.address;
+    let bearer = format!("Bearer {}", running.key);
+    let _headers = half_sent(address, HALF_HEADERS);
+    // A whole request head whose body never comes: a request in flight.
+    let _body = half_sent(
+        address,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: {bearer}\r\n\
+             content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"model\":"
+        ),
+    );
+    gateway_support::eventually("the gateway answers beside the slow clients", || {
+        running.openai("GET", "/v1/models", "").status == 200
+    });
+
+    let status = running.server.stop_within("-TERM", SLOW_CLIENT_BOUND);
+
+    assert_eq!(status.code(), Some(0));
+    gateway_support::eventually("the dropped connection is logged", || {
+        running
+            .server
+            .log()
+            .contains("dropping connections still open")
+    });
 }

@@ -1,9 +1,14 @@
 //! The command line: `gateway [--db URL] serve|keys|users …`.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
+use clap::{Arg, Args, Parser, Subcommand};
+use crossmodel_auth::store::{validate_new_key, validate_user_id};
+use crossmodel_auth::{KeyFormat, NewKey};
 
 /// The models the echo model answers for unless `--models` says otherwise.
 pub(crate) const DEFAULT_MODELS: &str = "deepseek/deepseek-v4-pro,anthropic/claude-sonnet-4.6";
@@ -66,12 +71,14 @@ pub(crate) struct ServeArgs {
 pub(crate) enum KeysCommand {
     /// Creates a key and prints it, alone, on standard output. It is shown once.
     Create {
-        /// The user who owns the key (created if new).
-        #[arg(long, value_name = "USER")]
+        /// The user who owns the key (created if new): 1 to 128 visible ASCII
+        /// characters.
+        #[arg(long, value_parser = Checked(check_user_id), value_name = "USER")]
         user: String,
 
-        /// A name to recognise the key by in listings.
-        #[arg(long, value_name = "NAME")]
+        /// A name to recognise the key by in listings: at most 256 bytes, no
+        /// control characters.
+        #[arg(long, value_parser = Checked(check_key_name), value_name = "NAME")]
         name: Option<String>,
 
         /// How long the key works: an integer followed by s, m, h or d (`30d`).
@@ -121,8 +128,85 @@ pub(crate) enum UsersCommand {
 #[derive(Debug, Args)]
 pub(crate) struct UserArg {
     /// The user id.
-    #[arg(value_name = "USER")]
+    #[arg(value_parser = Checked(check_user_id), value_name = "USER")]
     pub(crate) user: String,
+}
+
+/// A text argument checked as the key stores will check it, so that a value no store
+/// would take is a usage error (exit 2) before any database is opened. Unlike clap's
+/// own value errors, the message never repeats the value: it may be a key pasted in
+/// the wrong place, or hold control characters that would break the line.
+#[derive(Debug, Clone, Copy)]
+struct Checked(fn(&str) -> Result<(), String>);
+
+impl TypedValueParser for Checked {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&Arg>,
+        value: &OsStr,
+    ) -> Result<String, clap::Error> {
+        let refuse = |reason: &str| {
+            let arg = arg.map_or_else(|| "the argument".to_owned(), |arg| format!("'{arg}'"));
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("invalid value for {arg}: {reason}\n"),
+            )
+            .with_cmd(command)
+        };
+
+        let text = value.to_str().ok_or_else(|| refuse("not valid UTF-8"))?;
+        (self.0)(text).map_err(|reason| refuse(&reason))?;
+        Ok(text.to_owned())
+    }
+}
+
+/// A user id as stores take it: 1 to 128 visible ASCII characters, not a key.
+fn check_user_id(user: &str) -> Result<(), String> {
+    validate_user_id(user).map_err(|error| error.to_string())
+}
+
+/// A key name as stores take it: at most 256 bytes, no control characters, not a
+/// key.
+fn check_key_name(name: &str) -> Result<(), String> {
+    validate_new_key(&NewKey::for_user("name-check").name(name)).map_err(|error| error.to_string())
+}
+
+/// The latest expiry a key can have: 9999-12-31T23:59:59Z. Later times have no
+/// RFC 3339 form (it has four-digit years), and stores would cut them silently.
+fn latest_expiry() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(253_402_300_799)
+}
+
+/// `text` with every `cm-` key in it cut to the form the gateway may show:
+/// `cm-<id>_…<last 4>` for a whole, checksum-valid key, `cm-…` for anything else
+/// that follows the prefix. For text that echoes what a person typed, such as
+/// clap's usage errors.
+pub(crate) fn redact_keys(text: &str) -> String {
+    const PREFIX: &str = "cm-";
+    let is_key_char = |ch: char| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-';
+    let format = KeyFormat::public();
+
+    let mut shown = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(PREFIX) {
+        let after = &rest[at + PREFIX.len()..];
+        let run = after.find(|ch| !is_key_char(ch)).unwrap_or(after.len());
+        shown.push_str(&rest[..at]);
+
+        let candidate = &rest[at..at + PREFIX.len() + run];
+        match format.parse(candidate) {
+            Ok(key) => shown.push_str(&key.redacted().to_string()),
+            // The prefix alone (as in "the whole `cm-` key") hides nothing.
+            Err(_) if run == 0 => shown.push_str(PREFIX),
+            Err(_) => shown.push_str("cm-…"),
+        }
+        rest = &after[run..];
+    }
+    shown.push_str(rest);
+    shown
 }
 
 /// Reads `<integer><s|m|h|d>`: `90s`, `15m`, `12h`, `30d`.
@@ -146,10 +230,15 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     if count == 0 {
         return Err("the duration must be more than zero".to_owned());
     }
-    count
+    let too_long = || "the key would expire after the year 9999; use a shorter duration".to_owned();
+    let duration = count
         .checked_mul(seconds_per_unit)
         .map(Duration::from_secs)
-        .ok_or_else(|| "the duration is too long".to_owned())
+        .ok_or_else(too_long)?;
+    match SystemTime::now().checked_add(duration) {
+        Some(expiry) if expiry <= latest_expiry() => Ok(duration),
+        _ => Err(too_long()),
+    }
 }
 
 #[cfg(test)]
@@ -177,8 +266,65 @@ mod tests {
             "0s",
             "é",
             "99999999999999999999d",
+            "999999999999d",
+            "3000000d",
         ] {
             assert!(parse_duration(text).is_err(), "{text:?} was accepted");
         }
+    }
+
+    #[test]
+    fn expiries_end_with_the_year_9999() {
+        // 9999-12-31 is about 2.9 million days after 1970, so 2 million days from
+        // now fit and 3 million do not.
+        assert!(parse_duration("2000000d").is_ok());
+        assert!(
+            parse_duration("3000000d")
+                .unwrap_err()
+                .contains("after the year 9999")
+        );
+        assert_eq!(
+            crate::time::rfc3339(latest_expiry()),
+            "9999-12-31T23:59:59Z"
+        );
+    }
+
+    #[test]
+    fn redaction_keeps_at_most_the_id_and_last_four_of_a_key() {
+        let key = KeyFormat::public().generate().unwrap();
+        let key = key.expose();
+        let text = format!("error: unexpected argument '{key}' found");
+
+        let shown = redact_keys(&text);
+
+        let expected = format!("cm-{}_…{}", &key[3..15], &key[key.len() - 4..]);
+        assert_eq!(
+            shown,
+            format!("error: unexpected argument '{expected}' found")
+        );
+        assert_eq!(
+            redact_keys("'cm-AAAA_mistyped' and cm-x-y, `cm-` key"),
+            "'cm-…' and cm-…, `cm-` key"
+        );
+        assert_eq!(redact_keys("no keys here"), "no keys here");
+    }
+
+    #[test]
+    fn user_ids_and_names_are_checked_as_stores_check_them() {
+        let key = KeyFormat::public().generate().unwrap();
+
+        assert!(check_user_id("alice").is_ok());
+        for bad in ["", "has space", "tab\there", &"u".repeat(129), key.expose()] {
+            assert!(check_user_id(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(check_key_name("my laptop").is_ok());
+        for bad in ["line\nbreak", &"n".repeat(257), key.expose()] {
+            assert!(check_key_name(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(
+            !check_user_id(key.expose())
+                .unwrap_err()
+                .contains(key.expose())
+        );
     }
 }

@@ -47,19 +47,42 @@ pub(crate) fn reply(system: Option<&Value>, messages: &[Value], max_tokens: Opti
         last_user
     };
 
-    let mut pieces: Vec<String> = answer
-        .split_inclusive(char::is_whitespace)
-        .map(str::to_owned)
-        .collect();
+    let mut pieces = words(&answer);
     let limit = max_tokens.map_or(usize::MAX, |max| usize::try_from(max).unwrap_or(usize::MAX));
     let truncated = pieces.len() > limit;
     pieces.truncate(limit);
+
+    // A cut answer ends at its last word, not at the space that followed it.
+    if truncated {
+        if let Some(last) = pieces.last_mut() {
+            last.truncate(last.trim_end().len());
+        }
+    }
 
     Reply {
         pieces,
         prompt_tokens,
         truncated,
     }
+}
+
+/// `text` in pieces of one word each, with the whitespace after it (and any before
+/// the first word), so that joined they give `text` back.
+fn words(text: &str) -> Vec<String> {
+    let mut pieces: Vec<String> = Vec::new();
+    let mut after_space = false;
+
+    for ch in text.chars() {
+        let starts_word = after_space && !ch.is_whitespace();
+        match pieces.last_mut() {
+            Some(last) if !(starts_word && last.chars().any(|c| !c.is_whitespace())) => {
+                last.push(ch);
+            }
+            _ => pieces.push(ch.to_string()),
+        }
+        after_space = ch.is_whitespace();
+    }
+    pieces
 }
 
 /// The text of a message's content: a string, or the `text` of its text parts
@@ -109,7 +132,20 @@ mod tests {
 
         let reply = reply(None, &messages, Some(2));
 
-        assert_eq!(reply.text(), "one two ");
+        assert_eq!(reply.text(), "one two");
+        assert_eq!(reply.pieces, ["one ", "two"]);
+        assert_eq!(reply.completion_tokens(), 2);
         assert!(reply.truncated);
+    }
+
+    #[test]
+    fn pieces_are_words_with_the_spacing_after_them() {
+        assert_eq!(words("  a  b\nc "), ["  a  ", "b\n", "c "]);
+        assert_eq!(words("one"), ["one"]);
+        assert!(words("").is_empty());
+
+        let messages = [json!({"role": "user", "content": "a  b   c"})];
+        let reply = reply(None, &messages, Some(2));
+        assert_eq!(reply.text(), "a  b");
     }
 }

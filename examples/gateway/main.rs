@@ -18,6 +18,7 @@
 
 mod anthropic;
 mod cli;
+mod connections;
 mod echo;
 mod errors;
 mod ids;
@@ -37,12 +38,15 @@ use crossmodel_auth::StoreError;
 use crossmodel_auth::store::{PostgresKeyStore, SqliteKeyStore};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command};
-use crate::store::{Backend, Database, redact_url};
+use crate::cli::{Cli, Command, redact_keys};
+use crate::store::{Backend, Database, cannot_open};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
     init_logs(&cli.command);
 
     match run(cli).await {
@@ -54,24 +58,32 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
-    let cannot_open = |error: StoreError| {
-        format!(
-            "cannot open the key database {}: {}",
-            redact_url(&cli.db),
-            keys::describe(&error)
-        )
-    };
+/// Prints what clap has to say and gives its exit status: help and version on
+/// standard output (0), usage errors on standard error (2). Usage errors echo what
+/// was typed, which may be a key (`keys disable KEY1 KEY2`), so every key in them is
+/// cut first.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    let code = u8::try_from(error.exit_code()).unwrap_or(2);
+    if error.use_stderr() {
+        eprint!("{}", redact_keys(&error.render().to_string()));
+    } else if let Err(print_error) = error.print() {
+        eprintln!("error: cannot write to standard output: {print_error}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::from(code)
+}
 
-    match Backend::of(&cli.db)? {
+async fn run(cli: Cli) -> Result<(), String> {
+    let backend = Backend::of(&cli.db)?;
+    let failed = |error: StoreError| cannot_open(&cli.db, backend, &error);
+
+    match backend {
         Backend::Sqlite => {
-            let store = SqliteKeyStore::open(&cli.db).await.map_err(cannot_open)?;
+            let store = SqliteKeyStore::open(&cli.db).await.map_err(failed)?;
             run_on(store, cli.command).await
         }
         Backend::Postgres => {
-            let store = PostgresKeyStore::connect(&cli.db)
-                .await
-                .map_err(cannot_open)?;
+            let store = PostgresKeyStore::connect(&cli.db).await.map_err(failed)?;
             run_on(store, cli.command).await
         }
     }

@@ -15,7 +15,7 @@ use axum::http::{HeaderName, HeaderValue, Response};
 use axum::middleware::{self, Next};
 use axum::routing::{get, post};
 use crossmodel_auth::store::CachedKeyStore;
-use crossmodel_auth::{ApiKeyLayer, Identity, KeyStore, NewKey, RejectionKind};
+use crossmodel_auth::{ApiKeyLayer, Identity, KeyStore, NewKey, RejectionKind, redact_path};
 use tokio::net::TcpListener;
 use tower::Layer;
 use tower_http::request_id::RequestId;
@@ -25,12 +25,12 @@ use tracing::Span;
 use tracing::field::Empty;
 
 use crate::cli::ServeArgs;
-use crate::errors;
 use crate::ids::new_id;
 use crate::keys::{describe, print_out};
 use crate::models::{self, Catalog};
 use crate::store::Database;
 use crate::{anthropic, openai};
+use crate::{connections, errors};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
@@ -39,29 +39,30 @@ const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 /// Runs the server until Ctrl-C or SIGTERM.
 pub(crate) async fn run(store: impl Database, args: ServeArgs) -> Result<(), String> {
     let shutdown = shutdown_signal()?;
-    announce_first_key(&store).await?;
 
-    let catalog = Arc::new(Catalog::new(args.models));
+    // Listen first: a start that cannot listen must not have made and printed the
+    // first key, which nothing would then use.
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     let address = listener
         .local_addr()
         .map_err(|error| format!("cannot read the listening address: {error}"))?;
+    announce_first_key(&store).await?;
+
+    let catalog = Arc::new(Catalog::new(args.models));
     tracing::info!(models = ?catalog.ids(), "listening on http://{address}");
 
     // The cache keeps lookups off the database; the store tells it of every change
     // (from this process or any other), so a disabled key is refused within a second.
     let app = app(catalog, CachedKeyStore::new(store.clone()));
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    connections::serve(listener, app, shutdown).await;
 
     // Last-use times are written in batches; keep the last batch.
     if let Err(error) = store.flush().await {
         tracing::warn!(error = %describe(&error), "could not record the last uses of keys");
     }
-    served.map_err(|error| format!("the server stopped: {error}"))
+    Ok(())
 }
 
 /// On the start that created the database, makes the `default` user's key and
@@ -118,8 +119,9 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// The span every request's log lines sit in. The path goes without its query; the
-/// key id and user are filled in once the key is verified.
+/// The span every request's log lines sit in. The path goes without its query, and
+/// with any key pasted into it cut to `cm-…`; the key id and user are filled in
+/// once the key is verified.
 fn request_span(request: &Request) -> Span {
     let request_id = request
         .headers()
@@ -129,7 +131,7 @@ fn request_span(request: &Request) -> Span {
     tracing::info_span!(
         "request",
         method = %request.method(),
-        path = request.uri().path(),
+        path = &*redact_path(request.uri().path()),
         request_id,
         key.id = Empty,
         user.id = Empty,
@@ -189,7 +191,8 @@ async fn request_id(mut request: Request, next: Next) -> Response<Body> {
 }
 
 /// Listens for Ctrl-C (SIGINT) and SIGTERM from now on; the future resolves on
-/// either, and requests in flight then finish. Installed before the server says it
+/// either, and requests in flight then finish (for up to
+/// [`connections::SHUTDOWN_GRACE`]). Installed before the server says it
 /// listens, so that a signal sent right after never meets the default handler.
 fn shutdown_signal() -> Result<impl Future<Output = ()>, String> {
     use tokio::signal::unix::{SignalKind, signal};

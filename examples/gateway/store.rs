@@ -1,8 +1,12 @@
 //! The key databases the gateway runs on, chosen by the scheme of `--db`.
 
+use std::path::{Path, PathBuf};
+
 use async_trait::async_trait;
 use crossmodel_auth::store::{PostgresKeyStore, SqliteKeyStore};
-use crossmodel_auth::{CreatedKey, KeyManager, KeyStore, NewKey, StoreError};
+use crossmodel_auth::{CreatedKey, KeyManager, KeyStore, NewKey, StoreError, StoreErrorKind};
+
+use crate::keys::describe;
 
 /// Which store a database URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +63,42 @@ impl Database for PostgresKeyStore {
     }
 }
 
+/// Why the database at `url` could not be opened, on one line.
+pub(crate) fn cannot_open(url: &str, backend: Backend, error: &StoreError) -> String {
+    let shown = redact_url(url);
+
+    // The store's advice for an unreachable database is about servers; a SQLite
+    // file is unreachable mostly because its directory is missing.
+    if backend == Backend::Sqlite && error.kind() == StoreErrorKind::Unavailable {
+        if let Some(directory) = sqlite_directory(url).filter(|dir| !dir.is_dir()) {
+            return format!(
+                "cannot open the key database {shown}: the directory {} does not exist; \
+                 create it first, or give --db a file in an existing directory",
+                directory.display()
+            );
+        }
+    }
+    format!("cannot open the key database {shown}: {}", describe(error))
+}
+
+/// The directory of the file a `sqlite:` URL names; `None` for an in-memory
+/// database.
+fn sqlite_directory(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+
+    let parent = Path::new(path).parent()?;
+    if parent.as_os_str().is_empty() {
+        Some(PathBuf::from("."))
+    } else {
+        Some(parent.to_owned())
+    }
+}
+
 /// A database URL safe to print: without its password.
 pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -93,6 +133,20 @@ mod tests {
             redact_url("postgres://db/keys?x=a@b"),
             "postgres://db/keys?x=a@b"
         );
+    }
+
+    #[test]
+    fn the_directory_of_a_sqlite_file_is_found_in_its_url() {
+        let dir = |url| sqlite_directory(url).map(|path| path.display().to_string());
+
+        assert_eq!(
+            dir("sqlite:///var/lib/keys/gateway.db"),
+            Some("/var/lib/keys".into())
+        );
+        assert_eq!(dir("sqlite://gateway.db"), Some(".".into()));
+        assert_eq!(dir("sqlite:data/keys.db?mode=rwc"), Some("data".into()));
+        assert_eq!(dir("sqlite::memory:"), None);
+        assert_eq!(dir("postgres://db/keys"), None);
     }
 
     #[test]

@@ -194,6 +194,12 @@ impl Server {
 
     /// Sends `signal` (`-TERM`, `-INT`) and waits for the process to end.
     pub fn stop_with(mut self, signal: &str) -> ExitStatus {
+        self.stop_within(signal, DEADLINE)
+    }
+
+    /// Sends `signal` and waits up to `deadline` for the process to end; the log
+    /// stays readable afterwards.
+    pub fn stop_within(&mut self, signal: &str, deadline: Duration) -> ExitStatus {
         let status = Command::new("kill")
             .args([signal, &self.child.id().to_string()])
             .status()
@@ -205,7 +211,10 @@ impl Server {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(start.elapsed() < DEADLINE, "the gateway ignored {signal}");
+            assert!(
+                start.elapsed() < deadline,
+                "the gateway did not end within {deadline:?} of {signal}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
