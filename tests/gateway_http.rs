@@ -463,20 +463,48 @@ fn a_request_whose_headers_never_end_is_closed() {
     );
 }
 
+/// A chat request whose head is whole but whose body stops after a few bytes.
+fn half_body(key: &str) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"model\":"
+    )
+}
+
+#[test]
+fn a_request_body_that_stops_arriving_gets_a_408() {
+    let running = running();
+    let mut stream = half_sent(running.server.address, &half_body(&running.key));
+    stream.set_read_timeout(Some(SLOW_CLIENT_BOUND)).unwrap();
+
+    let mut answer = Vec::new();
+    let outcome = stream.read_to_end(&mut answer);
+
+    assert!(
+        outcome.is_ok(),
+        "no answer within {SLOW_CLIENT_BOUND:?}: {outcome:?}"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("stopped arriving"), "{answer}");
+}
+
 #[test]
 fn sigterm_ends_the_server_even_with_slow_clients_connected() {
     let mut running = running();
     let address = running.server.address;
-    let bearer = format!("Bearer {}", running.key);
     let _headers = half_sent(address, HALF_HEADERS);
-    // A whole request head whose body never comes: a request in flight.
-    let _body = half_sent(
-        address,
-        &format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: {bearer}\r\n\
-             content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"model\":"
-        ),
-    );
+    // A request in flight whose body comes a byte a second, never pausing long
+    // enough to be cut: only the shutdown's own bound ends it.
+    let mut body = half_sent(address, &half_body(&running.key));
+    std::thread::spawn(move || {
+        for _ in 0..60 {
+            std::thread::sleep(Duration::from_secs(1));
+            if body.write_all(b" ").is_err() {
+                break;
+            }
+        }
+    });
     gateway_support::eventually("the gateway answers beside the slow clients", || {
         running.openai("GET", "/v1/models", "").status == 200
     });

@@ -1,21 +1,29 @@
-//! Serving connections: HTTP/1.1 with a deadline for request headers, and a
-//! shutdown that waits for requests in flight, but not for ever.
+//! Serving connections: HTTP/1.1 with deadlines for request headers and bodies,
+//! and a shutdown that waits for requests in flight, but not for ever.
 //!
 //! `axum::serve` sets no header deadline, so a client that sends half a request
 //! holds its connection open for good and keeps a graceful shutdown waiting. This
 //! loop drives hyper directly to set one.
 
+use std::fmt;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use hyper::body::Incoming;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::Request;
+use axum::http::Response;
+use axum::middleware::Next;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Sleep;
 use tower::ServiceExt;
 
 /// How long a client may take to send a request's line and headers. The clock also
@@ -115,4 +123,86 @@ async fn drain(mut connections: JoinSet<()>) {
         SHUTDOWN_GRACE.as_secs()
     );
     connections.shutdown().await;
+}
+
+/// How long a request body may pause between two of its pieces.
+pub(crate) const BODY_PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Gives every request body a deadline: [`BODY_PAUSE_TIMEOUT`] without a new piece
+/// and reading it fails with [`BodyStalled`], which handlers answer with a 408.
+pub(crate) async fn body_deadline(request: Request, next: Next) -> Response<Body> {
+    let request = request.map(|body| Body::new(Deadline { body, pause: None }));
+    next.run(request).await
+}
+
+/// A request body that fails once it pauses for longer than
+/// [`BODY_PAUSE_TIMEOUT`].
+struct Deadline {
+    body: Body,
+    // Started when the handler first reads, so time spent verifying the key does
+    // not count.
+    pause: Option<Pin<Box<Sleep>>>,
+}
+
+impl HttpBody for Deadline {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let deadline = tokio::time::Instant::now() + BODY_PAUSE_TIMEOUT;
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            // Each piece restarts the clock.
+            if let Some(pause) = &mut this.pause {
+                pause.as_mut().reset(deadline);
+            }
+            return Poll::Ready(frame);
+        }
+        let pause = this
+            .pause
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match pause.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyStalled)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request body that stopped arriving.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyStalled;
+
+impl fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the request body paused for more than {}s",
+            BODY_PAUSE_TIMEOUT.as_secs()
+        )
+    }
+}
+
+impl std::error::Error for BodyStalled {}
+
+/// Whether `error`, or an error beneath it, is [`BodyStalled`].
+pub(crate) fn is_body_stalled(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<BodyStalled>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }

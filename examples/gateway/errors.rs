@@ -7,6 +7,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::connections::is_body_stalled;
+
 /// Which API's conventions a response follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Api {
@@ -77,7 +79,8 @@ pub(crate) fn bad_json(api: Api, error: &serde_json::Error, headers: &HeaderMap)
     }
 }
 
-/// A body the gateway could not read: larger than it accepts (2 MB), or cut off.
+/// A body the gateway could not read: larger than it accepts (2 MB), stalled (see
+/// `connections::body_deadline`), or cut off.
 pub(crate) fn unreadable_body(
     api: Api,
     rejection: &BytesRejection,
@@ -88,6 +91,12 @@ pub(crate) fn unreadable_body(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",
             "The request body is too large; send at most 2 MB.",
+        )
+    } else if is_body_stalled(rejection) {
+        (
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout_error",
+            "The request body stopped arriving; send it again without pauses.",
         )
     } else {
         (

@@ -108,6 +108,7 @@ pub(crate) fn app<K: KeyStore + Clone>(catalog: Arc<Catalog>, store: K) -> Route
                 .on_response(log_response)
                 .on_failure(()),
         )
+        .layer(middleware::from_fn(connections::body_deadline))
         .layer(middleware::from_fn(request_id))
         .layer(SetSensitiveRequestHeadersLayer::new([
             AUTHORIZATION,
