@@ -203,6 +203,21 @@ async fn the_first_key_is_made_once_among_racing_replicas() {
 }
 
 #[tokio::test]
+async fn no_first_key_when_keys_were_made_before_the_first_start() {
+    let (store, scratch) = fresh().await;
+    store.create_key(NewKey::for_user("alice")).await.unwrap();
+
+    let first = store
+        .create_first_key(NewKey::for_user("default"))
+        .await
+        .unwrap();
+
+    assert!(first.is_none());
+    assert_eq!(store.list_keys().await.unwrap().len(), 1);
+    scratch.finish().await;
+}
+
+#[tokio::test]
 async fn a_disable_on_one_replica_reaches_the_others_cache() {
     let scratch = Scratch::new().await;
     let (first, second) = two_replicas(&scratch).await;

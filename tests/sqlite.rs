@@ -438,6 +438,21 @@ async fn the_first_key_is_made_once_among_racing_openers() {
 }
 
 #[tokio::test]
+async fn no_first_key_when_keys_were_made_before_the_first_start() {
+    let (store, scratch) = fresh().await;
+    store.create_key(NewKey::for_user("alice")).await.unwrap();
+
+    let first = store
+        .create_first_key(NewKey::for_user("default"))
+        .await
+        .unwrap();
+
+    assert!(first.is_none());
+    assert_eq!(store.list_keys().await.unwrap().len(), 1);
+    drop(scratch);
+}
+
+#[tokio::test]
 async fn rows_another_program_broke_are_reported_corrupt() {
     let (store, _scratch) = fresh().await;
     let id = store

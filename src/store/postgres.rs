@@ -87,6 +87,8 @@ const CLAIM_FIRST_KEY: &str = "\
     INSERT INTO crossmodel_meta (name, value) VALUES ('first_key_created_at', $1)
     ON CONFLICT (name) DO NOTHING";
 
+const HAS_KEYS: &str = "SELECT EXISTS (SELECT 1 FROM crossmodel_keys)";
+
 const RECORD_USES: &str = "\
     UPDATE crossmodel_keys AS k
     SET last_used_at = used.at
@@ -359,8 +361,10 @@ impl PostgresKeyStore {
         &self.inner.pool
     }
 
-    /// Creates `new` only if no key was ever created this way on this database,
-    /// atomically: of several replicas starting together, exactly one gets `Some`.
+    /// Creates `new` only on the first start of a database: when no key was ever
+    /// created this way on it and it holds no key made otherwise (`keys create`
+    /// before any server started). Decided atomically: of several replicas
+    /// starting together, exactly one gets `Some`.
     ///
     /// # Errors
     ///
@@ -407,6 +411,12 @@ impl PostgresKeyStore {
         // A second replica's claim waits on the first's row lock, then finds the
         // row and does nothing.
         if first && !claim_first_key(&mut tx, now).await.map_err(failed)? {
+            return Ok(None);
+        }
+        // Keys made before any first start (`keys create` on a new database) mean
+        // this start did not create the database: keep the claim, make no key.
+        if first && has_keys(&mut tx).await.map_err(failed)? {
+            tx.commit().await.map_err(failed)?;
             return Ok(None);
         }
         let user_state = insert_key(&mut tx, &key, &new, now).await.map_err(failed)?;
@@ -616,6 +626,10 @@ async fn claim_first_key(
         .execute(&mut **tx)
         .await?;
     Ok(done.rows_affected() == 1)
+}
+
+async fn has_keys(tx: &mut Transaction<'static, Postgres>) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(HAS_KEYS).fetch_one(&mut **tx).await
 }
 
 /// Inserts the user if new and the key; returns the user's state as stored.

@@ -75,6 +75,8 @@ const CLAIM_FIRST_KEY: &str = "\
     INSERT INTO crossmodel_meta (name, value) VALUES ('first_key_created_at', ?1)
     ON CONFLICT (name) DO NOTHING";
 
+const HAS_KEYS: &str = "SELECT EXISTS (SELECT 1 FROM crossmodel_keys)";
+
 const CHANGE_COUNTER: &str = "SELECT value FROM crossmodel_meta WHERE name = 'change_counter'";
 
 const RECORD_USE: &str = "\
@@ -318,9 +320,10 @@ impl SqliteKeyStore {
         &self.inner.pool
     }
 
-    /// Creates `new` only if no key was ever created this way on this database,
-    /// atomically: of several processes starting together on a fresh file, exactly
-    /// one gets `Some`.
+    /// Creates `new` only on the first start of a database: when no key was ever
+    /// created this way on it and it holds no key made otherwise (`keys create`
+    /// before any server started). Decided atomically: of several processes
+    /// starting together on a fresh file, exactly one gets `Some`.
     ///
     /// # Errors
     ///
@@ -372,6 +375,12 @@ impl SqliteKeyStore {
             .map_err(failed)?;
 
         if first && !claim_first_key(&mut tx, now).await.map_err(failed)? {
+            return Ok(None);
+        }
+        // Keys made before any first start (`keys create` on a new database) mean
+        // this start did not create the database: keep the claim, make no key.
+        if first && has_keys(&mut tx).await.map_err(failed)? {
+            tx.commit().await.map_err(failed)?;
             return Ok(None);
         }
         let user_state = insert_key(&mut tx, &key, &new, now).await.map_err(failed)?;
@@ -577,6 +586,10 @@ async fn claim_first_key(
         .execute(&mut **tx)
         .await?;
     Ok(done.rows_affected() == 1)
+}
+
+async fn has_keys(tx: &mut Transaction<'static, Sqlite>) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(HAS_KEYS).fetch_one(&mut **tx).await
 }
 
 /// Inserts the user if new and the key; returns the user's state as stored.
