@@ -84,21 +84,20 @@ impl<K: KeyStore, R: RenderRejection> Shared<K, R> {
 
         // Only a checksum-valid id may be shown; the path goes without its query,
         // and without any key a client pasted into it.
-        let path = redact_path(request.uri().path());
         match checked {
             Some(checked) => tracing::debug!(
                 target: "crossmodel_auth",
                 outcome = rejection.kind().code(),
                 key.id = %checked.id,
                 method = %request.method(),
-                path = &*path,
+                path = &*redact_path(request.uri().path()),
                 "request rejected"
             ),
             None => tracing::debug!(
                 target: "crossmodel_auth",
                 outcome = rejection.kind().code(),
                 method = %request.method(),
-                path = &*path,
+                path = &*redact_path(request.uri().path()),
                 "request rejected"
             ),
         }
