@@ -82,6 +82,14 @@
 //!   not answer at once (the deadline is a Tokio timer).
 //! - The inner service must be `Clone`, and its response body must implement
 //!   `From<Bytes>`.
+//! - Memory is wiped only where the crate owns it: a generated [`ApiKey`] and a
+//!   [`SigningSecret`] are zeroed on drop. A presented key lives in the request's
+//!   header values, which belong to the server and are freed without wiping; the
+//!   keyed HMAC state made from a signing secret is not wiped either (the `hmac`
+//!   crate does not offer it).
+//! - The layer records one `tracing` event per decision (target `crossmodel_auth`),
+//!   not a span per request; add `key.id`/`user.id` to your own request span from
+//!   the [`Identity`] if you want them there.
 //!
 //! # Feature flags
 //!
