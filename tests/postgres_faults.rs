@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossmodel_auth::{
-    ApiKeyLayer, CachedKeyStore, KeyFormat, KeyManager, NewKey, PostgresKeyStore, PostgresOptions,
+    ApiKeyLayer, CachedKeyStore, KeyFormat, KeyId, KeyManager, KeyStore, NewKey, PostgresKeyStore,
+    PostgresOptions,
 };
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -489,6 +490,61 @@ async fn a_cut_database_costs_503s_never_a_wrong_200_and_heals_with_revocations_
         "a key disabled by SQL is refused (5-minute cache TTL)",
         || async {
             let reply = post(server, Some(revoked)).await;
+            reply.status == 401 && reply.body["error"]["code"] == "api_key_inactive"
+        },
+    )
+    .await;
+
+    direct.close().await.unwrap();
+    scratch.finish().await;
+}
+
+#[tokio::test]
+async fn a_replica_cut_off_from_the_database_stops_accepting_a_key_revoked_elsewhere() {
+    let scratch = Scratch::new().await;
+    let direct = PostgresKeyStore::connect(&scratch.url(None)).await.unwrap();
+    let sql = direct.pool().clone();
+    let key = create_keys(&direct, 1).await.remove(0);
+
+    let proxy = Proxy::start(server_address());
+    let options = PostgresOptions::new()
+        .acquire_timeout(Duration::from_secs(1))
+        .reconnect_delay(Duration::from_millis(200));
+    let proxied = PostgresKeyStore::connect_with(&scratch.url(Some(&proxy)), options)
+        .await
+        .unwrap();
+    // A 5-minute TTL: only the store's change feed can make the cache let go.
+    let cache = CachedKeyStore::new(proxied).ttl(Duration::from_secs(300));
+    let server = spawn(ApiKeyLayer::new(cache.clone()).layer(Echo::default())).await;
+    eventually("the store's listener is subscribed", || async {
+        !listening_backends(&sql, &scratch.name).await.is_empty()
+    })
+    .await;
+    let id = KeyId::parse(&key[3..15]).unwrap();
+    eventually("the key is cached", || async {
+        assert_eq!(post(server, Some(&key)).await.status, 200);
+        matches!(cache.lookup_now(&id), Some(Ok(Some(_))))
+    })
+    .await;
+
+    // This replica loses the database; another program disables the key.
+    proxy.cut();
+    sqlx::query("UPDATE crossmodel_keys SET state = 'disabled' WHERE id = $1")
+        .bind(&key[3..15])
+        .execute(&sql)
+        .await
+        .unwrap();
+
+    eventually(
+        "the cut-off replica stops accepting the key (503, failing closed)",
+        || async { post(server, Some(&key)).await.status == 503 },
+    )
+    .await;
+    proxy.restore();
+    eventually(
+        "once back, the replica refuses the disabled key",
+        || async {
+            let reply = post(server, Some(&key)).await;
             reply.status == 401 && reply.body["error"]["code"] == "api_key_inactive"
         },
     )

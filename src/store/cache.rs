@@ -56,13 +56,17 @@ const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 ///
 /// # When the inner store is down
 ///
-/// Entries already cached keep being served until their TTL ends; a miss (and any
-/// entry past its TTL) gets the store's error, which the layer answers with 503.
-/// This keeps a database outage from turning into a gateway outage for every
-/// caller seen in the last TTL, and it costs little: while the database is down
-/// no one can revoke a key in it either. A change made just before the outage
-/// whose notice was lost is covered by the PostgreSQL store, which tells the cache
-/// to drop everything once its listener reconnects, and otherwise by the TTL.
+/// Over a store whose change feed reports the outage (the PostgreSQL store drops
+/// every entry when its listening connection fails, and again every second until
+/// it listens again), nothing cached outlives the outage by more than about a
+/// second, and requests get 503. Over a store without such a feed, entries already
+/// cached keep being served until their TTL ends; a miss (and any entry past its
+/// TTL) gets the store's error, which the layer answers with 503.
+///
+/// Why the difference: with many replicas, one replica cut off from a database the
+/// others still reach could otherwise keep accepting a key revoked elsewhere for a
+/// whole TTL, so the PostgreSQL store fails closed. A store without a feed gives
+/// the cache nothing to act on; there the TTL is the bound, so keep it short.
 ///
 /// # Example
 ///

@@ -204,9 +204,18 @@ impl PostgresOptions {
 /// `key:<id>`, `user:<id>` or `all`. Each store keeps one connection listening on
 /// that channel and tells whoever [watches it](KeyStore::watch_changes): a
 /// `CachedKeyStore` drops the key, the user's keys, or everything. When the
-/// listening connection drops, the store reconnects (retrying every second by
-/// default) and, since notices may have been missed meanwhile, tells watchers to
-/// drop everything once it listens again.
+/// listening connection drops, notices may be missed, so the store tells watchers
+/// to drop everything at once, again after every failed attempt to listen again
+/// (every second by default) and once it listens again. A replica cut off from the
+/// database therefore serves no cached record for more than about a second: it
+/// answers 503 instead, failing closed.
+///
+/// # Limitations
+///
+/// A connection lost without any packet saying so (a silent network partition)
+/// is noticed only when the operating system gives up on it; until then this
+/// replica's cache is bounded by its TTL alone. Keep the TTL short where such
+/// partitions are possible, or enable TCP keepalive on the host.
 ///
 /// A lookup is one prepared query (keys joined with users): one round trip.
 ///
@@ -771,6 +780,11 @@ async fn listen(
             }
             _ = stop.changed() => return,
         }
+        // Notices sent from now until the next LISTEN are lost. Drop every cached
+        // record at once, and again after each failed attempt, so that while the
+        // feed is down no cache serves a record older than the reconnect delay:
+        // lookups go to the database, and where it is unreachable too, get 503.
+        shared.watchers.notify(&StoreChange::All);
         tokio::select! {
             () = tokio::time::sleep(reconnect_delay) => {}
             _ = stop.changed() => return,
