@@ -124,7 +124,7 @@ pub use identity::Identity;
 pub use identity::MissingIdentity;
 pub use key::{ApiKey, KeyDigest, KeyFormat, KeyId, PresentedKey, SigningSecret};
 pub use layer::ApiKeyLayer;
-pub use redact::redact_path;
+pub use redact::{looks_like_key, redact_method, redact_path};
 pub use rejection::{JsonEnvelope, Rejection, RejectionKind, RenderRejection, RenderedBody};
 pub use service::ApiKeyService;
 #[cfg(feature = "cache")]

@@ -11,6 +11,7 @@ use http::header::{
 use http::{Request, Response};
 
 use crate::header::Envelope;
+use crate::redact::looks_like_key;
 use crate::rejection::{Rejection, RejectionKind, RenderRejection};
 
 /// Read by the OpenAI SDKs.
@@ -102,9 +103,15 @@ fn outer_layer_id<B>(_: &Request<B>) -> Option<&HeaderValue> {
     None
 }
 
+/// A client's id is echoed only when short, visible ASCII, and not a key sent in
+/// the wrong header (it would be echoed and logged).
 fn is_usable_id(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
-    !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID_LEN && bytes.iter().all(u8::is_ascii_graphic)
+    let fits = !bytes.is_empty()
+        && bytes.len() <= MAX_REQUEST_ID_LEN
+        && bytes.iter().all(u8::is_ascii_graphic);
+
+    fits && !value.to_str().is_ok_and(looks_like_key)
 }
 
 /// `req_` and 24 base62 characters, unique in the process and unpredictable across
@@ -174,6 +181,8 @@ mod tests {
         assert_eq!(id_for(with("abc-123")), "abc-123");
         assert!(id_for(with(&"a".repeat(65))).starts_with("req_"));
         assert!(id_for(with("has space")).starts_with("req_"));
+        let key = crate::KeyFormat::public().generate().unwrap();
+        assert!(id_for(with(key.expose())).starts_with("req_"));
         assert!(id_for(Request::new(())).starts_with("req_"));
     }
 }

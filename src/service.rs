@@ -11,7 +11,7 @@ use tower_service::Service;
 
 use crate::future::{Pending, ResponseFuture};
 use crate::header::{self, Credential, RouteFamily, X_API_KEY};
-use crate::redact::redact_path;
+use crate::redact::{redact_method, redact_path};
 use crate::rejection::{Reason, Rejection, RenderRejection};
 use crate::response;
 use crate::store::KeyStore;
@@ -89,14 +89,14 @@ impl<K: KeyStore, R: RenderRejection> Shared<K, R> {
                 target: "crossmodel_auth",
                 outcome = rejection.kind().code(),
                 key.id = %checked.id,
-                method = %request.method(),
+                method = redact_method(request.method()),
                 path = &*redact_path(request.uri().path()),
                 "request rejected"
             ),
             None => tracing::debug!(
                 target: "crossmodel_auth",
                 outcome = rejection.kind().code(),
-                method = %request.method(),
+                method = redact_method(request.method()),
                 path = &*redact_path(request.uri().path()),
                 "request rejected"
             ),

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use crate::key::{ApiKey, KeyDigest, KeyId};
-use crate::redact::looks_like_a_key;
+use crate::redact::looks_like_key;
 
 #[cfg(feature = "cache")]
 mod cache;
@@ -243,7 +243,7 @@ pub fn validate_new_key(new: &NewKey) -> Result<(), StoreError> {
             "key name must be at most {MAX_KEY_NAME_LEN} bytes without control characters"
         )));
     }
-    if looks_like_a_key(&new.name) {
+    if looks_like_key(&new.name) {
         return Err(StoreError::invalid_input(KEY_AS_TEXT));
     }
     if !(new.metadata.is_object() || new.metadata.is_null()) {
@@ -269,7 +269,7 @@ pub fn validate_user_id(user_id: &str) -> Result<(), StoreError> {
             "user id must be 1 to {MAX_USER_ID_LEN} visible ASCII characters, without spaces"
         )));
     }
-    if looks_like_a_key(user_id) {
+    if looks_like_key(user_id) {
         return Err(StoreError::invalid_input(KEY_AS_TEXT));
     }
     Ok(())
