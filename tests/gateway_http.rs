@@ -519,3 +519,185 @@ fn sigterm_ends_the_server_even_with_slow_clients_connected() {
             .contains("dropping connections still open")
     });
 }
+
+/// A key's secret part: no log line or body may hold it.
+fn secret_of(key: &str) -> &str {
+    &key[16..38]
+}
+
+/// Whether a reply shows `secret` anywhere: status line aside, headers or body.
+fn shows(reply: &gateway_support::Reply, secret: &str) -> bool {
+    reply.body.contains(secret)
+        || reply
+            .headers
+            .iter()
+            .any(|(_, value)| value.contains(secret))
+}
+
+/// The spellings of `key` a client may send by mistake: as it is, upper-case
+/// prefix, percent-encoded prefix, and without its prefix.
+fn spellings(key: &str) -> [String; 4] {
+    let rest = &key[3..];
+    [
+        key.to_owned(),
+        format!("CM-{rest}"),
+        format!("cm%2D{rest}"),
+        rest.to_owned(),
+    ]
+}
+
+#[test]
+fn a_key_sent_as_a_request_id_is_replaced_by_a_new_id() {
+    let running = running();
+    let secret = secret_of(&running.key);
+    let bearer = format!("Bearer {}", running.key);
+
+    for id in spellings(&running.key) {
+        for auth in [vec![("authorization", bearer.as_str())], vec![]] {
+            let mut headers = auth.clone();
+            headers.push(("x-request-id", &id));
+            let reply = http(running.server.address, "GET", "/v1/models", &headers, "");
+
+            assert!(!shows(&reply, secret), "{id}: {reply:?}");
+            let given = reply.header("x-request-id").unwrap();
+            assert!(given.starts_with("req_"), "{id}: {given}");
+            assert_eq!(reply.header("request-id"), Some(given));
+        }
+    }
+    let plain = http(
+        running.server.address,
+        "GET",
+        "/v1/models",
+        &[("authorization", &bearer), ("x-request-id", "trace-42")],
+        "",
+    );
+    assert_eq!(
+        plain.header("x-request-id"),
+        Some("trace-42"),
+        "other ids stay"
+    );
+
+    gateway_support::eventually("every request is logged", || {
+        running.server.log().matches("status=").count() >= 9
+    });
+    let log = running.server.log();
+    assert!(!log.contains(secret), "a request id logged the key:\n{log}");
+    assert!(log.contains("request_id=\"trace-42\""), "{log}");
+}
+
+#[test]
+fn a_key_sent_as_the_method_is_logged_as_other_and_never_echoed() {
+    let running = running();
+    let secret = secret_of(&running.key);
+    let bearer = format!("Bearer {}", running.key);
+    let address = running.server.address;
+
+    for method in spellings(&running.key).iter().filter(|m| !m.contains('%')) {
+        let unauthenticated = http(address, method, "/v1/models", &[], "");
+        assert_eq!(unauthenticated.status, 401);
+        let wrong_method = http(
+            address,
+            method,
+            "/v1/models",
+            &[("authorization", &bearer)],
+            "",
+        );
+        assert_eq!(wrong_method.status, 405);
+        let nowhere = http(
+            address,
+            method,
+            "/nowhere",
+            &[("authorization", &bearer)],
+            "",
+        );
+        assert_eq!(nowhere.status, 404);
+        for reply in [unauthenticated, wrong_method, nowhere] {
+            assert!(!shows(&reply, secret), "{method}: {reply:?}");
+        }
+    }
+
+    gateway_support::eventually("every request is logged", || {
+        running.server.log().matches("status=").count() >= 9
+    });
+    let log = running.server.log();
+    assert!(log.contains("method=OTHER"), "{log}");
+    assert!(!log.contains(secret), "a method logged the key:\n{log}");
+}
+
+#[test]
+fn every_spelling_of_a_key_in_the_path_is_cut_from_the_log_and_replies() {
+    let running = running();
+    let secret = secret_of(&running.key);
+    let address = running.server.address;
+
+    for spelling in spellings(&running.key) {
+        for path in [
+            format!("/v1/models/{spelling}"),
+            format!("/v1/{spelling}/usage"),
+        ] {
+            let authenticated = running.openai("GET", &path, "");
+            assert_eq!(authenticated.status, 404, "{path}");
+            let unauthenticated = http(address, "GET", &path, &[], "");
+            assert_eq!(unauthenticated.status, 401, "{path}");
+            for reply in [authenticated, unauthenticated] {
+                assert!(!shows(&reply, secret), "{path}: {reply:?}");
+            }
+        }
+    }
+
+    gateway_support::eventually("every request is logged", || {
+        running.server.log().matches("status=").count() >= 16
+    });
+    let log = running.server.log();
+    assert!(log.contains("path=\"/v1/models/…\""), "{log}");
+    assert!(!log.contains(secret), "a path logged the key:\n{log}");
+}
+
+#[test]
+fn a_key_given_as_the_model_is_never_echoed() {
+    let running = running();
+    let secret = secret_of(&running.key);
+    let anthropic_headers = [
+        ("x-api-key", running.key.as_str()),
+        ("anthropic-version", "2023-06-01"),
+    ];
+
+    for model in spellings(&running.key) {
+        let body = format!(
+            r#"{{"model":"{model}","max_tokens":5,"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        let replies = [
+            running.openai("POST", "/v1/chat/completions", &body),
+            running.anthropic("/v1/messages", &body),
+            running.openai("GET", &format!("/v1/models/{model}"), ""),
+            http(
+                running.server.address,
+                "GET",
+                &format!("/v1/models/{model}"),
+                &anthropic_headers,
+                "",
+            ),
+        ];
+        for reply in replies {
+            assert_eq!(reply.status, 404, "{model}: {}", reply.body);
+            assert!(!shows(&reply, secret), "{model}: {reply:?}");
+        }
+    }
+
+    let chat = running.openai(
+        "POST",
+        "/v1/chat/completions",
+        &format!(r#"{{"model":"{}","messages":[]}}"#, running.key),
+    );
+    let message = chat.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("the requested model"), "{message}");
+    let plain = running.openai(
+        "POST",
+        "/v1/chat/completions",
+        r#"{"model":"acme/nope","messages":[]}"#,
+    );
+    assert!(
+        plain.body.contains("acme/nope"),
+        "other unknown models are named"
+    );
+}

@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use crossmodel_auth::{looks_like_key, redact_method, redact_path};
 use serde_json::{Value, json};
 
 use crate::connections::is_body_stalled;
@@ -111,8 +112,14 @@ pub(crate) fn unreadable_body(
     }
 }
 
-/// A model this gateway does not serve: each API's 404.
+/// A model this gateway does not serve: each API's 404. The model is named unless it
+/// looks like a key (pasted into the wrong field), which no reply repeats.
 pub(crate) fn unknown_model(api: Api, model: &str, headers: &HeaderMap) -> Response {
+    let model = if looks_like_key(model) {
+        "the requested model"
+    } else {
+        model
+    };
     match api {
         Api::OpenAi => openai(
             StatusCode::NOT_FOUND,
@@ -132,12 +139,17 @@ pub(crate) fn unknown_model(api: Api, model: &str, headers: &HeaderMap) -> Respo
     }
 }
 
-/// An authenticated request for a path no route serves.
+/// An authenticated request for a path no route serves. The method and path are
+/// shown as the request log shows them: a key sent in either is cut.
 pub(crate) async fn not_found(method: Method, uri: Uri, headers: HeaderMap) -> Response {
     match Api::of(&headers) {
         Api::OpenAi => openai(
             StatusCode::NOT_FOUND,
-            format!("Invalid URL ({method} {})", uri.path()),
+            format!(
+                "Invalid URL ({} {})",
+                redact_method(&method),
+                redact_path(uri.path())
+            ),
             None,
             None,
         ),
@@ -150,9 +162,14 @@ pub(crate) async fn not_found(method: Method, uri: Uri, headers: HeaderMap) -> R
     }
 }
 
-/// A known path asked with the wrong method.
+/// A known path asked with the wrong method; method and path shown as in
+/// [`not_found`].
 pub(crate) async fn method_not_allowed(method: Method, uri: Uri, headers: HeaderMap) -> Response {
-    let message = format!("{method} is not allowed on {}", uri.path());
+    let message = format!(
+        "{} is not allowed on {}",
+        redact_method(&method),
+        redact_path(uri.path())
+    );
     match Api::of(&headers) {
         Api::OpenAi => openai(StatusCode::METHOD_NOT_ALLOWED, message, None, None),
         Api::Anthropic => anthropic(

@@ -15,7 +15,10 @@ use axum::http::{HeaderName, HeaderValue, Response};
 use axum::middleware::{self, Next};
 use axum::routing::{get, post};
 use crossmodel_auth::store::CachedKeyStore;
-use crossmodel_auth::{ApiKeyLayer, Identity, KeyStore, NewKey, RejectionKind, redact_path};
+use crossmodel_auth::{
+    ApiKeyLayer, Identity, KeyStore, NewKey, RejectionKind, looks_like_key, redact_method,
+    redact_path,
+};
 use tokio::net::TcpListener;
 use tower::Layer;
 use tower_http::request_id::RequestId;
@@ -121,8 +124,9 @@ async fn healthz() -> &'static str {
 }
 
 /// The span every request's log lines sit in. The path goes without its query, and
-/// with any key pasted into it cut to `cm-…`; the key id and user are filled in
-/// once the key is verified.
+/// with any key pasted into it cut; a method outside the standard ones (a client
+/// may send any token, a key included) reads `OTHER`. The key id and user are
+/// filled in once the key is verified.
 fn request_span(request: &Request) -> Span {
     let request_id = request
         .headers()
@@ -131,7 +135,7 @@ fn request_span(request: &Request) -> Span {
         .unwrap_or_default();
     tracing::info_span!(
         "request",
-        method = %request.method(),
+        method = %redact_method(request.method()),
         path = &*redact_path(request.uri().path()),
         request_id,
         key.id = Empty,
@@ -166,14 +170,14 @@ async fn record_caller(request: Request, next: Next) -> Response<Body> {
 /// Gives every request one id: the client's `x-request-id` when it is short and
 /// visible ASCII, else a new `req_…`. Handlers and `ApiKeyLayer` reuse it, and the
 /// response carries it as `x-request-id` (OpenAI SDKs) and `request-id` (Anthropic).
+///
+/// A client id that looks like a key (a key pasted into the wrong header) is
+/// replaced too: the id is logged with every line and echoed in every response.
 async fn request_id(mut request: Request, next: Next) -> Response<Body> {
     let id = request
         .headers()
         .get(X_REQUEST_ID)
-        .filter(|value| {
-            let bytes = value.as_bytes();
-            (1..=64).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_graphic)
-        })
+        .filter(|value| is_usable_request_id(value))
         .cloned()
         .or_else(|| HeaderValue::from_str(&new_id("req_")).ok());
 
@@ -189,6 +193,15 @@ async fn request_id(mut request: Request, next: Next) -> Response<Body> {
         headers.entry(REQUEST_ID).or_insert(id);
     }
     response
+}
+
+/// Whether a client's request id may be kept: 1 to 64 visible ASCII characters,
+/// nothing shaped like a key.
+fn is_usable_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    let visible = (1..=64).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_graphic);
+
+    visible && value.to_str().is_ok_and(|text| !looks_like_key(text))
 }
 
 /// Listens for Ctrl-C (SIGINT) and SIGTERM from now on; the future resolves on
