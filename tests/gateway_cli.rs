@@ -155,8 +155,6 @@ fn wrong_input_exits_1_with_one_line_and_usage_errors_exit_2() {
 
     for args in [
         vec!["keys", "disable", "AAAAAAAAAAAA"],
-        vec!["keys", "disable", "not-a-key"],
-        vec!["keys", "revoke", mistyped.as_str()],
         vec!["users", "enable", "nobody"],
     ] {
         let run = cli(dir.path(), &db, &args);
@@ -173,9 +171,13 @@ fn wrong_input_exits_1_with_one_line_and_usage_errors_exit_2() {
         vec!["keys", "create", "--user", "a", "--expires-in", "5w"],
         vec!["keys", "create", "--user", "a", "--expires-in", "0d"],
         vec!["keys", "frobnicate"],
+        vec!["keys", "disable", "not-a-key"],
+        vec!["keys", "revoke", mistyped.as_str()],
         vec!["users"],
     ] {
-        assert_eq!(cli(dir.path(), &db, &args).code, Some(2), "{args:?}");
+        let run = cli(dir.path(), &db, &args);
+        assert_eq!(run.code, Some(2), "{args:?}");
+        assert!(!run.stderr.contains(&mistyped[16..]), "{}", run.stderr);
     }
 }
 
@@ -555,4 +557,123 @@ fn a_closed_standard_output_is_an_error_not_a_panic() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A key's secret part: no message may hold it.
+fn secret_of(key: &str) -> &str {
+    &key[16..38]
+}
+
+/// A checksum-valid key made on a database of its own.
+fn some_key(dir: &TempDir) -> String {
+    let db = format!("sqlite://{}", dir.path().join("keys.db").display());
+    create_key(dir.path(), &db, "alice")
+}
+
+#[test]
+fn a_key_given_as_a_model_id_is_a_usage_error_and_never_echoed() {
+    let dir = TempDir::new();
+    let db = dir.sqlite_url();
+    let key = create_key(dir.path(), &db, "alice");
+    let secret = secret_of(&key);
+    let serve = || {
+        let mut command = gateway_support::command(dir.path());
+        command.args(["--db", &db, "serve", "--listen", "127.0.0.1:0"]);
+        command
+    };
+
+    let among_others = format!("acme/one,{key}");
+    let upper = format!("CM-{}", &key[3..]);
+    let mut runs = Vec::new();
+    for models in [key.as_str(), &among_others, &upper, &key[3..]] {
+        let run = gateway_support::run_within_deadline(serve().args(["--models", models]));
+        runs.push((models.to_owned(), run));
+    }
+    let by_env = gateway_support::run_within_deadline(serve().env("GATEWAY_MODELS", &key));
+    runs.push(("GATEWAY_MODELS".to_owned(), by_env));
+
+    for (models, run) in runs {
+        assert_eq!(run.code, Some(2), "{models}: {run:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{models}: {}", run.stderr);
+        assert!(run.stderr.contains("--models"), "{}", run.stderr);
+        for output in [&run.stdout, &run.stderr] {
+            assert!(!output.contains(secret), "{models} was echoed: {output}");
+        }
+    }
+}
+
+#[test]
+fn a_key_in_the_database_url_is_cut_from_every_message() {
+    let dir = TempDir::new();
+    let key = some_key(&dir);
+    let secret = secret_of(&key);
+    let rest = &key[3..];
+
+    let mut runs = Vec::new();
+    for db in [
+        key.clone(),
+        format!("sqlite:///nonexistdir/{key}"),
+        format!("sqlite:///nonexistdir/{key}/gateway.db"),
+        format!("postgres://{key}@127.0.0.1/x"),
+        format!("postgres://cm%2D{rest}@127.0.0.1/x"),
+        format!("postgres://app:{key}@127.0.0.1:1/x"),
+    ] {
+        runs.push((db.clone(), cli(dir.path(), &db, &["keys", "list"])));
+    }
+    let output = gateway_support::command(dir.path())
+        .env("CROSSMODEL_DB", &key)
+        .args(["keys", "list"])
+        .output()
+        .unwrap();
+    let by_env = gateway_support::Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    runs.push(("CROSSMODEL_DB".to_owned(), by_env));
+
+    for (db, run) in runs {
+        assert_eq!(run.code, Some(1), "{db}: {run:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{db}: {}", run.stderr);
+        assert!(
+            !run.stderr.contains(secret),
+            "{db} was echoed: {}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "{db}: {}", run.stdout);
+    }
+}
+
+#[test]
+fn a_malformed_key_id_is_a_usage_error_found_without_the_database() {
+    let dir = TempDir::new();
+    let key = some_key(&dir);
+    let mistyped = format!("{}x", &key[..key.len() - 1]);
+    // A database that cannot be opened: only a check made first gives exit 2.
+    let unopenable = format!(
+        "sqlite://{}",
+        dir.path().join("missing").join("gateway.db").display()
+    );
+
+    for value in ["zq9abc", "", "not-a-key", "AAAAAAAAAAA!", mistyped.as_str()] {
+        for verb in ["disable", "enable", "revoke", "delete"] {
+            let run = cli(dir.path(), &unopenable, &["keys", verb, value]);
+            assert_eq!(run.code, Some(2), "{verb} {value:?}: {run:?}");
+            assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+            assert!(run.stderr.contains("KEY_ID_OR_KEY"), "{}", run.stderr);
+            let echoed = if value.len() > 16 {
+                &value[16..]
+            } else {
+                value
+            };
+            assert!(
+                echoed.is_empty() || !run.stderr.contains(echoed),
+                "{value:?} was echoed: {}",
+                run.stderr
+            );
+        }
+    }
+
+    let well_formed = cli(dir.path(), &unopenable, &["keys", "disable", &key[3..15]]);
+    assert_eq!(well_formed.code, Some(1), "a key id goes to the database");
 }

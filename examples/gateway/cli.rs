@@ -8,7 +8,7 @@ use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
 use clap::{Arg, Args, Parser, Subcommand};
 use crossmodel_auth::store::{validate_new_key, validate_user_id};
-use crossmodel_auth::{KeyFormat, NewKey};
+use crossmodel_auth::{KeyFormat, KeyId, NewKey, looks_like_key};
 
 /// The models the echo model answers for unless `--models` says otherwise.
 pub(crate) const DEFAULT_MODELS: &str = "deepseek/deepseek-v4-pro,anthropic/claude-sonnet-4.6";
@@ -55,11 +55,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub(crate) listen: SocketAddr,
 
-    /// The models the echo model answers for, comma-separated.
+    /// The models the echo model answers for, comma-separated. An id shaped like a
+    /// key is refused: model ids are logged and listed.
     #[arg(
         long,
         env = "GATEWAY_MODELS",
         value_delimiter = ',',
+        value_parser = Checked(check_model_id),
         default_value = DEFAULT_MODELS,
         value_name = "IDS"
     )]
@@ -105,8 +107,8 @@ pub(crate) enum KeysCommand {
 #[derive(Debug, Args)]
 pub(crate) struct KeyArg {
     /// A key id as `keys list` shows it, or the whole `cm-` key.
-    #[arg(value_name = "KEY_ID_OR_KEY")]
-    pub(crate) key: String,
+    #[arg(value_parser = Checked(parse_key_id), value_name = "KEY_ID_OR_KEY")]
+    pub(crate) key: KeyId,
 }
 
 /// `users …`.
@@ -132,22 +134,23 @@ pub(crate) struct UserArg {
     pub(crate) user: String,
 }
 
-/// A text argument checked as the key stores will check it, so that a value no store
-/// would take is a usage error (exit 2) before any database is opened. Unlike clap's
-/// own value errors, the message never repeats the value: it may be a key pasted in
-/// the wrong place, or hold control characters that would break the line.
+/// A text argument checked (and parsed) as the key stores will check it, so that a
+/// value no store would take is a usage error (exit 2) before any database is
+/// opened. Unlike clap's own value errors, the message never repeats the value: it
+/// may be a key pasted in the wrong place, or hold control characters that would
+/// break the line.
 #[derive(Debug, Clone, Copy)]
-struct Checked(fn(&str) -> Result<(), String>);
+struct Checked<T>(fn(&str) -> Result<T, String>);
 
-impl TypedValueParser for Checked {
-    type Value = String;
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for Checked<T> {
+    type Value = T;
 
     fn parse_ref(
         &self,
         command: &clap::Command,
         arg: Option<&Arg>,
         value: &OsStr,
-    ) -> Result<String, clap::Error> {
+    ) -> Result<T, clap::Error> {
         let refuse = |reason: &str| {
             let arg = arg.map_or_else(|| "the argument".to_owned(), |arg| format!("'{arg}'"));
             clap::Error::raw(
@@ -158,20 +161,41 @@ impl TypedValueParser for Checked {
         };
 
         let text = value.to_str().ok_or_else(|| refuse("not valid UTF-8"))?;
-        (self.0)(text).map_err(|reason| refuse(&reason))?;
-        Ok(text.to_owned())
+        (self.0)(text).map_err(|reason| refuse(&reason))
     }
 }
 
 /// A user id as stores take it: 1 to 128 visible ASCII characters, not a key.
-fn check_user_id(user: &str) -> Result<(), String> {
-    validate_user_id(user).map_err(|error| error.to_string())
+fn check_user_id(user: &str) -> Result<String, String> {
+    validate_user_id(user).map_err(|error| error.to_string())?;
+    Ok(user.to_owned())
 }
 
 /// A key name as stores take it: at most 256 bytes, no control characters, not a
 /// key.
-fn check_key_name(name: &str) -> Result<(), String> {
-    validate_new_key(&NewKey::for_user("name-check").name(name)).map_err(|error| error.to_string())
+fn check_key_name(name: &str) -> Result<String, String> {
+    validate_new_key(&NewKey::for_user("name-check").name(name))
+        .map_err(|error| error.to_string())?;
+    Ok(name.to_owned())
+}
+
+/// A model id that is not shaped like a key, in any spelling: the ids are logged
+/// at start and listed to every caller of `/v1/models`.
+fn check_model_id(model: &str) -> Result<String, String> {
+    if looks_like_key(model) {
+        return Err(
+            "this model id looks like an API key; give model names such as \
+             `acme/model-1`, and keep keys out of --models and GATEWAY_MODELS"
+                .to_owned(),
+        );
+    }
+    Ok(model.to_owned())
+}
+
+/// A key id, or the id of a whole key whose checksum is valid; a malformed value is
+/// found here, before any database is opened.
+fn parse_key_id(text: &str) -> Result<KeyId, String> {
+    KeyId::from_id_or_key(text, &KeyFormat::public()).map_err(|error| error.to_string())
 }
 
 /// The latest expiry a key can have: 9999-12-31T23:59:59Z. Later times have no

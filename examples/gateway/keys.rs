@@ -7,8 +7,7 @@ use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use crossmodel_auth::{
-    KeyFormat, KeyId, KeyManager, KeyRecord, KeyState, NewKey, StoreError, StoreErrorKind,
-    UserRecord,
+    KeyId, KeyManager, KeyRecord, KeyState, NewKey, StoreError, StoreErrorKind, UserRecord,
 };
 use serde_json::json;
 
@@ -25,22 +24,22 @@ pub(crate) async fn run_keys(store: &impl KeyManager, command: KeysCommand) -> R
         } => create(store, user, name, expires_in).await,
         KeysCommand::List { json } => list_keys(store, json).await,
         KeysCommand::Disable(arg) => {
-            let id = key_id(&arg.key)?;
+            let id = arg.key;
             let result = store.disable_key(&id).await;
             report(result, "disable", id, "disabled")
         }
         KeysCommand::Enable(arg) => {
-            let id = key_id(&arg.key)?;
+            let id = arg.key;
             let result = store.enable_key(&id).await;
             report(result, "enable", id, "enabled")
         }
         KeysCommand::Revoke(arg) => {
-            let id = key_id(&arg.key)?;
+            let id = arg.key;
             let result = store.revoke_key(&id).await;
             report(result, "revoke", id, "revoked")
         }
         KeysCommand::Delete(arg) => {
-            let id = key_id(&arg.key)?;
+            let id = arg.key;
             let result = store.delete_key(&id).await;
             report(result, "delete", id, "deleted")
         }
@@ -234,12 +233,6 @@ fn shown_user(user: &str) -> String {
     } else {
         format!("`{user}`")
     }
-}
-
-/// The key id in `text`, which is an id or a whole key. Never echoes `text`: it may
-/// be a secret.
-fn key_id(text: &str) -> Result<KeyId, String> {
-    KeyId::from_id_or_key(text, &KeyFormat::public()).map_err(|error| error.to_string())
 }
 
 fn report(result: Result<(), StoreError>, verb: &str, id: KeyId, done: &str) -> Result<(), String> {

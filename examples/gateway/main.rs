@@ -39,7 +39,7 @@ use crossmodel_auth::store::{PostgresKeyStore, SqliteKeyStore};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command, redact_keys};
-use crate::store::{Backend, Database, cannot_open};
+use crate::store::{Backend, Database, cannot_open, cut_keys};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -51,8 +51,10 @@ async fn main() -> ExitCode {
 
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        // Messages may quote the database URL or the driver's view of it, which
+        // may hold a key pasted into the wrong place.
         Err(message) => {
-            eprintln!("error: {message}");
+            eprintln!("error: {}", cut_keys(&message));
             ExitCode::FAILURE
         }
     }

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use crossmodel_auth::store::{PostgresKeyStore, SqliteKeyStore};
-use crossmodel_auth::{CreatedKey, KeyManager, KeyStore, NewKey, StoreError, StoreErrorKind};
+use crossmodel_auth::{
+    CreatedKey, KeyManager, KeyStore, NewKey, StoreError, StoreErrorKind, looks_like_key,
+};
 
 use crate::keys::describe;
 
@@ -99,6 +101,30 @@ fn sqlite_directory(url: &str) -> Option<PathBuf> {
     }
 }
 
+/// `text` with every run that may be a key cut to `cm-…`: a key in any spelling
+/// (`CM-`, percent-encoded, without its prefix) pasted into `--db` or
+/// `CROSSMODEL_DB` would otherwise be printed whole, in the URL and in the
+/// driver's own messages (a missing file, an unknown role). A run is a stretch of
+/// letters, digits, `_`, `-` and `%`, so the host, path and punctuation around it
+/// stay readable.
+pub(crate) fn cut_keys(text: &str) -> String {
+    let is_run_char = |ch: char| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '%');
+
+    let mut shown = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(is_run_char) {
+        let after = &rest[start..];
+        let len = after.find(|ch| !is_run_char(ch)).unwrap_or(after.len());
+        let run = &after[..len];
+
+        shown.push_str(&rest[..start]);
+        shown.push_str(if looks_like_key(run) { "cm-…" } else { run });
+        rest = &after[len..];
+    }
+    shown.push_str(rest);
+    shown
+}
+
 /// A database URL safe to print: without its password.
 pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -133,6 +159,29 @@ mod tests {
             redact_url("postgres://db/keys?x=a@b"),
             "postgres://db/keys?x=a@b"
         );
+    }
+
+    #[test]
+    fn keys_in_messages_are_cut_and_the_rest_kept() {
+        let key = crossmodel_auth::KeyFormat::public().generate().unwrap();
+        let key = key.expose();
+        let rest = &key[3..];
+
+        assert_eq!(
+            cut_keys(&format!(
+                "cannot open sqlite:///nonexistdir/{key}: no such file"
+            )),
+            "cannot open sqlite:///nonexistdir/cm-…: no such file"
+        );
+        assert_eq!(
+            cut_keys(&format!(
+                "postgres://cm%2D{rest}@127.0.0.1/x, role \"CM-{rest}\""
+            )),
+            "postgres://cm-…@127.0.0.1/x, role \"cm-…\""
+        );
+        assert_eq!(cut_keys(&format!("`{rest}`")), "`cm-…`");
+        let plain = "cannot open postgres://app:…@db:5432/keys: connection refused (os error 111)";
+        assert_eq!(cut_keys(plain), plain);
     }
 
     #[test]

@@ -132,6 +132,35 @@ pub fn cli(dir: &Path, db: &str, args: &[&str]) -> Run {
     }
 }
 
+/// Runs `command` with its output captured, killing it if it has not ended within
+/// [`DEADLINE`] (then `code` is `None`): for commands that should fail at once but
+/// would run on, such as a `serve` that ought to refuse its arguments.
+pub fn run_within_deadline(command: &mut Command) -> Run {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the gateway runs");
+
+    let start = Instant::now();
+    let ended = loop {
+        if child.try_wait().expect("wait").is_some() {
+            break true;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = child.wait_with_output().expect("the output is read");
+    Run {
+        code: output.status.code().filter(|_| ended),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
 /// Creates a key with the command line and returns it.
 pub fn create_key(dir: &Path, db: &str, user: &str) -> String {
     let run = cli(dir, db, &["keys", "create", "--user", user]);
