@@ -261,9 +261,13 @@ fn usage_errors_cut_every_key_they_echo() {
     let first = create_key(dir.path(), &db, "alice");
     let second = create_key(dir.path(), &db, "alice");
     let mistyped = format!("{}x", &second[..second.len() - 1]);
+    let upper = format!("CM-{}", &second[3..]);
 
     for args in [
         vec!["keys", "disable", first.as_str(), second.as_str()],
+        vec!["keys", "disable", "AAAAAAAAAAAA", upper.as_str()],
+        vec!["keys", "disable", "AAAAAAAAAAAA", &second[3..]],
+        vec!["keys", "list", "--listen", upper.as_str()],
         vec!["keys", "revoke", first.as_str(), mistyped.as_str()],
         vec![
             "keys",

@@ -10,6 +10,8 @@ use clap::{Arg, Args, Parser, Subcommand};
 use crossmodel_auth::store::{validate_new_key, validate_user_id};
 use crossmodel_auth::{KeyFormat, KeyId, NewKey, looks_like_key};
 
+use crate::store::cut_keys;
+
 /// The models the echo model answers for unless `--models` says otherwise.
 pub(crate) const DEFAULT_MODELS: &str = "deepseek/deepseek-v4-pro,anthropic/claude-sonnet-4.6";
 
@@ -206,8 +208,9 @@ fn latest_expiry() -> SystemTime {
 
 /// `text` with every `cm-` key in it cut to the form the gateway may show:
 /// `cm-<id>_…<last 4>` for a whole, checksum-valid key, `cm-…` for anything else
-/// that follows the prefix. For text that echoes what a person typed, such as
-/// clap's usage errors.
+/// that follows the prefix, and for other spellings of a key (`CM-`,
+/// percent-encoded, without the prefix). For text that echoes what a person typed,
+/// such as clap's usage errors.
 pub(crate) fn redact_keys(text: &str) -> String {
     const PREFIX: &str = "cm-";
     let is_key_char = |ch: char| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-';
@@ -218,7 +221,7 @@ pub(crate) fn redact_keys(text: &str) -> String {
     while let Some(at) = rest.find(PREFIX) {
         let after = &rest[at + PREFIX.len()..];
         let run = after.find(|ch| !is_key_char(ch)).unwrap_or(after.len());
-        shown.push_str(&rest[..at]);
+        shown.push_str(&cut_keys(&rest[..at]));
 
         let candidate = &rest[at..at + PREFIX.len() + run];
         match format.parse(candidate) {
@@ -229,7 +232,7 @@ pub(crate) fn redact_keys(text: &str) -> String {
         }
         rest = &after[run..];
     }
-    shown.push_str(rest);
+    shown.push_str(&cut_keys(rest));
     shown
 }
 
@@ -331,6 +334,10 @@ mod tests {
             "'cm-…' and cm-…, `cm-` key"
         );
         assert_eq!(redact_keys("no keys here"), "no keys here");
+        assert_eq!(
+            redact_keys(&format!("'CM-{}' and '{}'", &key[3..], &key[3..])),
+            "'cm-…' and 'cm-…'"
+        );
     }
 
     #[test]
