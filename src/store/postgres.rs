@@ -703,7 +703,7 @@ fn user_row(row: &PgRow) -> Result<UserRecord, StoreError> {
 
 /// Writes pending uses in one statement; on failure they stay pending.
 async fn flush_uses(pool: &PgPool, uses: &UseBuffer) -> Result<(), StoreError> {
-    let pending = uses.take();
+    let pending = uses.snapshot();
     if pending.is_empty() {
         return Ok(());
     }
@@ -718,13 +718,9 @@ async fn flush_uses(pool: &PgPool, uses: &UseBuffer) -> Result<(), StoreError> {
         .execute(pool)
         .await;
 
-    match written {
-        Ok(_) => Ok(()),
-        Err(error) => {
-            uses.restore(pending);
-            Err(db_error("record when keys were last used", error))
-        }
-    }
+    written.map_err(|error| db_error("record when keys were last used", error))?;
+    uses.settle(&pending);
+    Ok(())
 }
 
 /// Writes uses every `every` until the store is dropped or closed; then writes

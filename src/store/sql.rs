@@ -228,15 +228,20 @@ impl UseBuffer {
         *latest = (*latest).max(at);
     }
 
-    /// Everything pending, leaving the buffer empty.
-    pub(crate) fn take(&self) -> HashMap<KeyId, SystemTime> {
-        std::mem::take(&mut *self.lock())
+    /// A copy of everything pending. Entries stay in the buffer until
+    /// [`settle`](Self::settle) confirms them written, so a listing made while a
+    /// write is in flight still shows every use, and a failed write loses nothing.
+    pub(crate) fn snapshot(&self) -> HashMap<KeyId, SystemTime> {
+        self.lock().clone()
     }
 
-    /// Puts back what a failed write could not store, keeping newer uses.
-    pub(crate) fn restore(&self, unwritten: HashMap<KeyId, SystemTime>) {
-        for (id, at) in unwritten {
-            self.record(id, at);
+    /// Forgets the uses a write stored, keeping any newer use recorded meanwhile.
+    pub(crate) fn settle(&self, written: &HashMap<KeyId, SystemTime>) {
+        let mut pending = self.lock();
+        for (id, at) in written {
+            if pending.get(id).is_some_and(|latest| latest <= at) {
+                pending.remove(id);
+            }
         }
     }
 
@@ -351,10 +356,25 @@ mod tests {
         uses.record(id, early);
         assert_eq!(uses.get(&id), Some(late));
 
-        let taken = uses.take();
+        // A write in flight: the use stays visible until the write settles it.
+        let written = uses.snapshot();
+        assert_eq!(uses.get(&id), Some(late));
+        uses.settle(&written);
         assert!(uses.get(&id).is_none());
+    }
+
+    #[test]
+    fn a_use_newer_than_a_write_survives_the_write() {
+        let uses = UseBuffer::default();
+        let id = KeyId::parse("abcdefABCDEF").unwrap();
+        let early = UNIX_EPOCH + Duration::from_secs(10);
+        let late = UNIX_EPOCH + Duration::from_secs(20);
+
         uses.record(id, early);
-        uses.restore(taken);
+        let written = uses.snapshot();
+        uses.record(id, late);
+        uses.settle(&written);
+
         assert_eq!(uses.get(&id), Some(late));
     }
 }

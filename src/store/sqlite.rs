@@ -654,7 +654,7 @@ fn user_row(row: &SqliteRow) -> Result<UserRecord, StoreError> {
 
 /// Writes pending uses in one transaction; on failure they stay pending.
 async fn flush_uses(pool: &SqlitePool, uses: &UseBuffer) -> Result<(), StoreError> {
-    let pending = uses.take();
+    let pending = uses.snapshot();
     if pending.is_empty() {
         return Ok(());
     }
@@ -672,10 +672,9 @@ async fn flush_uses(pool: &SqlitePool, uses: &UseBuffer) -> Result<(), StoreErro
     }
     .await;
 
-    written.map_err(|error| {
-        uses.restore(pending);
-        db_error("record when keys were last used", error)
-    })
+    written.map_err(|error| db_error("record when keys were last used", error))?;
+    uses.settle(&pending);
+    Ok(())
 }
 
 /// Reads the change counter a few times a second and writes uses every flush
